@@ -1,0 +1,127 @@
+"""Typed, frozen configuration objects, one per concern, validated on construction.
+
+Library code takes these objects; only ``cli.py`` and ``jobs/`` read argv or the environment.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from sparkdl.errors import ConfigError
+
+SPLIT_NAMES: tuple[str, str, str] = ("train", "valid", "test")
+
+_MEMORY_RE = re.compile(r"^\d+[kmgt]?$", re.IGNORECASE)
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    _require(
+        isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0,
+        f"{name} must be a number in [0, 1], got {value!r}",
+    )
+
+
+def _check_optional_positive(name: str, value: int | None) -> None:
+    _require(value is None or (isinstance(value, int) and value > 0), f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_uri(name: str, value: str) -> None:
+    _require(isinstance(value, str) and value.strip() != "", f"{name} must be a non-empty path or Hadoop URI")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How to build (or join) the SparkSession.
+
+    ``master=None`` keeps the master chosen by ``spark-submit``; outside spark-submit it means ``local[*]``.
+    For local masters every listener binds to 127.0.0.1 and Python workers use this interpreter.
+    """
+
+    master: str | None = None
+    app_name: str = "sparkdl"
+    driver_memory: str = "2g"
+    ui_enabled: bool = True
+    arrow_max_records_per_batch: int = 256
+    log_level: str = "WARN"
+    extra_conf: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(self.master is None or self.master.strip() != "", "master must be a Spark master URL or None")
+        _require(bool(self.app_name), "app_name must not be empty")
+        _require(
+            bool(_MEMORY_RE.match(self.driver_memory)),
+            f"driver_memory must look like '2g' or '512m', got {self.driver_memory!r}",
+        )
+        _require(self.arrow_max_records_per_batch > 0, "arrow_max_records_per_batch must be > 0")
+        levels = {"ALL", "DEBUG", "ERROR", "FATAL", "INFO", "OFF", "TRACE", "WARN"}
+        _require(self.log_level.upper() in levels, f"log_level must be one of {sorted(levels)}, got {self.log_level!r}")
+        for pair in self.extra_conf:
+            _require(
+                isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair),
+                f"extra_conf entries must be (key, value) string pairs, got {pair!r}",
+            )
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Image-folder tree -> images table (``path, label, label_index, split, image``)."""
+
+    images_uri: str
+    output_uri: str
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 42
+    max_reject_fraction: float = 0.01
+    partitions: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check_uri("images_uri", self.images_uri)
+        _check_uri("output_uri", self.output_uri)
+        _require(
+            isinstance(self.split, tuple) and len(self.split) == 3,
+            f"split must be three fractions for {'/'.join(SPLIT_NAMES)}, e.g. 0.7,0.15,0.15; got {self.split!r}",
+        )
+        for name, frac in zip(SPLIT_NAMES, self.split):
+            _check_fraction(f"split fraction for {name!r}", frac)
+        _require(
+            abs(sum(self.split) - 1.0) < 1e-6,
+            f"split fractions must add up to 1, got {self.split!r} (sum {sum(self.split):.6g})",
+        )
+        _require(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        _check_fraction("max_reject_fraction", self.max_reject_fraction)
+        _check_optional_positive("partitions", self.partitions)
+
+
+@dataclass(frozen=True)
+class FeaturizeConfig:
+    """Images table -> features table (``path, label, label_index, split, features``)."""
+
+    input_uri: str
+    output_uri: str
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    random_init: bool = False
+    batch_size: int = 32
+    partitions: int | None = None
+    threads_per_task: int | None = None
+    max_reject_fraction: float = 0.01
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check_uri("input_uri", self.input_uri)
+        _check_uri("output_uri", self.output_uri)
+        _require(bool(self.backbone), "backbone must name a registered backbone")
+        _require(
+            not (self.random_init and self.weights),
+            "pass either weights or random_init, not both (random_init is for timing runs only)",
+        )
+        _require(isinstance(self.batch_size, int) and self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size!r}")
+        _check_optional_positive("partitions", self.partitions)
+        _check_optional_positive("threads_per_task", self.threads_per_task)
+        _check_fraction("max_reject_fraction", self.max_reject_fraction)

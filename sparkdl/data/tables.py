@@ -1,0 +1,125 @@
+"""Writing a table together with its rejects and its JSON sidecar, the same way for every stage.
+
+Layout for an output ``<dir>/images.parquet``:
+    <dir>/images.parquet          the good rows (Spark Parquet directory, written through Spark's committer)
+    <dir>/images.rejects.parquet  one row per rejected input: path, stage, reason, detail (always written)
+    <dir>/images.meta.json        label mapping, counts, rejects by reason, stage settings
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from sparkdl.data import hadoopfs
+from sparkdl.errors import DataError
+
+REASON_COL = "reject_reason"
+DETAIL_COL = "reject_detail"
+
+
+@dataclass(frozen=True)
+class RejectCounts:
+    rows_in: int
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.by_reason.values())
+
+    @property
+    def rows_out(self) -> int:
+        return self.rows_in - self.rejected
+
+    @property
+    def fraction(self) -> float:
+        return self.rejected / self.rows_in if self.rows_in else 0.0
+
+
+def rejects_uri(table_uri: str) -> str:
+    return hadoopfs.sidecar_uri(table_uri, "rejects.parquet")
+
+
+def meta_uri(table_uri: str) -> str:
+    return hadoopfs.sidecar_uri(table_uri, "meta.json")
+
+
+def check_output(spark, output_uri: str, overwrite: bool) -> None:
+    """Refuse to clobber an existing table unless asked to, before any work starts."""
+    if not overwrite and hadoopfs.exists(spark, output_uri):
+        raise DataError(f"output {output_uri} already exists: pass --overwrite (overwrite=True) or choose another path")
+
+
+def check_input(spark, input_uri: str, what: str) -> None:
+    if not hadoopfs.exists(spark, input_uri):
+        raise DataError(f"{what} {input_uri} does not exist (or is not reachable with this Hadoop configuration)")
+
+
+def count_rejects(df, group_cols: tuple[str, ...] = ()) -> tuple[RejectCounts, list[tuple[str | None, tuple, int]]]:
+    """One aggregation pass: counts per reject reason (None = kept), plus (reason, group key, n) per ``group_cols``."""
+    rows = df.groupBy(REASON_COL, *group_cols).count().collect()
+    by_reason: dict[str, int] = {}
+    groups: list[tuple[str | None, tuple, int]] = []
+    total = 0
+    for row in rows:
+        n = int(row["count"])
+        total += n
+        reason = row[REASON_COL]
+        groups.append((reason, tuple(row[c] for c in group_cols), n))
+        if reason is not None:
+            by_reason[reason] = by_reason.get(reason, 0) + n
+    return RejectCounts(rows_in=total, by_reason=dict(sorted(by_reason.items()))), groups
+
+
+def kept_counts(groups: list[tuple[str | None, tuple, int]], index: int) -> dict:
+    """Kept rows per value of the ``index``-th group column."""
+    out: dict = {}
+    for reason, key, n in groups:
+        if reason is None:
+            out[key[index]] = out.get(key[index], 0) + n
+    return dict(sorted(out.items(), key=lambda kv: str(kv[0])))
+
+
+def write_rejects(df, table_uri: str, stage: str) -> str:
+    """Write every rejected row (never its payload) beside the table; returns the rejects URI."""
+    from pyspark.sql import functions as F
+
+    uri = rejects_uri(table_uri)
+    (
+        df.filter(F.col(REASON_COL).isNotNull())
+        .select(
+            F.col("path"),
+            F.lit(stage).alias("stage"),
+            F.col(REASON_COL).alias("reason"),
+            F.col(DETAIL_COL).alias("detail"),
+        )
+        .coalesce(1)
+        .write.mode("overwrite")
+        .parquet(uri)
+    )
+    return uri
+
+
+def enforce_reject_fraction(counts: RejectCounts, max_fraction: float, stage: str, rejects_at: str) -> None:
+    if counts.rows_in and counts.fraction > max_fraction:
+        reasons = ", ".join(f"{k}={v}" for k, v in counts.by_reason.items())
+        raise DataError(
+            f"{stage}: {counts.rejected} of {counts.rows_in} rows rejected ({counts.fraction:.2%}) > "
+            f"max-reject-fraction {max_fraction:.2%} ({reasons}); nothing was written. "
+            f"The rejected rows are listed in {rejects_at}; fix them or raise --max-reject-fraction"
+        )
+
+
+def write_meta(spark, table_uri: str, meta: dict) -> str:
+    uri = meta_uri(table_uri)
+    hadoopfs.write_bytes(spark, uri, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    return uri
+
+
+def read_meta(spark, table_uri: str) -> dict:
+    uri = meta_uri(table_uri)
+    if not hadoopfs.exists(spark, uri):
+        raise DataError(f"{uri} is missing: {table_uri} was not written by sparkdl (its label mapping is kept there)")
+    try:
+        return json.loads(hadoopfs.read_bytes(spark, uri))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{uri} is not valid JSON ({exc}); re-run the stage that wrote {table_uri}") from None
