@@ -1,0 +1,47 @@
+"""Test data made by the tests: Caltech-shaped image trees with known bad files."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("001.ak47", "002.american-flag", "003.backpack")
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (48, 64)) -> bytes:
+    rng = np.random.default_rng(seed)
+    h, w = size
+    # smooth colour gradients plus noise: compresses like a photo, differs per seed
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * (seed % 7 + 1)) % 256, (yy * (seed % 5 + 2)) % 256, ((xx + yy) * 3) % 256], axis=-1)
+    img = np.clip(base + rng.integers(-20, 20, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_caltech_tree(root: Path, per_class: int = 6, bad_files: bool = True) -> dict:
+    """``root/256_ObjectCategories/<NNN.name>/<NNN_XXXX>.jpg`` plus (optionally) a corrupt JPEG, a text file and an
+    empty file. Returns what the tree holds."""
+    top = root / "256_ObjectCategories"
+    good = []
+    for ci, folder in enumerate(CLASSES):
+        (top / folder).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            name = f"{ci + 1:03d}_{j + 1:04d}.jpg"
+            (top / folder / name).write_bytes(jpeg_bytes(seed=ci * 1000 + j))
+            good.append(f"{folder}/{name}")
+    bad = {}
+    if bad_files:
+        whole = jpeg_bytes(seed=99999, size=(120, 160))
+        (top / CLASSES[0] / "001_9999.jpg").write_bytes(whole[: len(whole) // 3])
+        (top / CLASSES[1] / "notes.txt").write_text("not an image\n")
+        (top / CLASSES[2] / "003_0000.jpg").write_bytes(b"")
+        bad = {
+            f"{CLASSES[0]}/001_9999.jpg": "corrupt_image",
+            f"{CLASSES[1]}/notes.txt": "not_an_image",
+            f"{CLASSES[2]}/003_0000.jpg": "empty_file",
+        }
+    return {"root": top, "good": sorted(good), "bad": bad}
