@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--weights", default=None, help="weights file on the driver: .pth/.pt, .safetensors or Keras .h5")
     feat.add_argument("--random-init", action="store_true", help="seeded random weights, on purpose (timing runs)")
     feat.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
-    feat.add_argument("--partitions", type=_positive_int, default=None, help="partitions to featurize (default: at least the default parallelism)")
+    feat.add_argument("--partitions", type=_positive_int, default=None, help="partitions to featurize (default: whole waves of the default parallelism, see --max-rows-per-partition)")
+    feat.add_argument("--max-rows-per-partition", type=_positive_int, default=2048, help="upper bound of images per task when --partitions is not given (default 2048)")
     feat.add_argument("--threads-per-task", type=_positive_int, default=None, help="torch threads per task (default spark.task.cpus)")
     feat.add_argument("--max-reject-fraction", type=_fraction, default=0.01, help="fail above this fraction of bad images (default 0.01)")
     feat.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -187,6 +188,7 @@ def run_featurize(args, say) -> dict:
         random_init=args.random_init,
         batch_size=args.batch_size,
         partitions=args.partitions,
+        max_rows_per_partition=args.max_rows_per_partition,
         threads_per_task=args.threads_per_task,
         max_reject_fraction=args.max_reject_fraction,
         overwrite=args.overwrite,

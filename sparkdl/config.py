@@ -109,6 +109,7 @@ class FeaturizeConfig:
     random_init: bool = False
     batch_size: int = 32
     partitions: int | None = None
+    max_rows_per_partition: int = 2048
     threads_per_task: int | None = None
     max_reject_fraction: float = 0.01
     overwrite: bool = False
@@ -123,5 +124,6 @@ class FeaturizeConfig:
         )
         _require(isinstance(self.batch_size, int) and self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size!r}")
         _check_optional_positive("partitions", self.partitions)
+        _check_optional_positive("max_rows_per_partition", self.max_rows_per_partition)
         _check_optional_positive("threads_per_task", self.threads_per_task)
         _check_fraction("max_reject_fraction", self.max_reject_fraction)

@@ -86,6 +86,9 @@ def build_session(config: SessionConfig | None = None):
                 "spark.pyspark.driver.python": sys.executable,
             }
         )
+        if launched_here:
+            log_conf = Path(__file__).parent / "conf" / "log4j2.properties"
+            defaults["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile={log_conf.as_uri()}"
     for key, value in defaults.items():
         if not conf.contains(key):
             conf.set(key, value)

@@ -238,6 +238,13 @@ class FeaturizeResult:
         return self.rows_in / self.seconds if self.seconds > 0 else 0.0
 
 
+def plan_partitions(rows: int, parallelism: int, max_rows_per_partition: int) -> int:
+    """Whole waves of equal tasks: a multiple of the parallelism, each partition at most ``max_rows_per_partition``."""
+    parallelism = max(1, parallelism)
+    waves = max(1, -(-rows // (parallelism * max_rows_per_partition)))
+    return waves * parallelism
+
+
 def _labels_of(spark, images, input_uri: str, say: Progress) -> dict:
     try:
         meta = tables.read_meta(spark, input_uri)
@@ -279,11 +286,10 @@ def featurize_images(spark, config: FeaturizeConfig, progress: Progress | None =
     del loaded
     say(f"featurize: backbone {config.backbone} ({backbone_info['feature_dim']}-d, weights {backbone_info['weights']})")
 
-    parallelism = spark.sparkContext.defaultParallelism
-    current = images.rdd.getNumPartitions()
-    target = config.partitions or max(current, parallelism)
-    if target != current:
-        images = images.repartition(target)
+    # Always rebalance: the backbone costs ~1000x more per row than moving the row, and file splits can leave a
+    # partition empty (one Parquet row group read by two byte-range splits gives one task all the rows).
+    target = config.partitions or plan_partitions(images.count(), spark.sparkContext.defaultParallelism, config.max_rows_per_partition)
+    images = images.repartition(target)
     featurizer = ImageFeaturizer(
         inputCol="image",
         outputCol="features",

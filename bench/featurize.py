@@ -1,0 +1,158 @@
+"""Benchmark: images/s of the sparkdl featurize stage on Spark local[2] vs the best plain-PyTorch loop.
+
+Both paths start from the same encoded JPEGs and do the same work per image (decode, resize/crop, normalize,
+forward pass). Plain loops tried: 1 process x N threads, and P processes x 1 thread (each on its share of the
+images); the best of them is the reference. The Spark path is `featurize_images` on an images table (read Parquet,
+mapInArrow over the backbone, write the features Parquet, count rejects), timed after a small warm-up run that
+starts the JVM's code paths and the Python workers.
+
+    python bench/featurize.py --backbones efficientnet_lite0,vgg16 --images 480,48
+
+Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_jpegs(n: int, seed: int = 0, size=(300, 400)) -> list[bytes]:
+    """Photo-sized JPEGs (Caltech-256 images average about 300x400)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for i in range(n):
+        base = np.stack([(xx * (i % 7 + 1)) % 256, (yy * (i % 5 + 2)) % 256, ((xx + yy) * (i % 3 + 1)) % 256], -1)
+        img = np.clip(base + rng.integers(-25, 25, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def _plain_worker(args) -> tuple[int, float]:
+    backbone, random_init, images, threads, batch = args
+    import torch
+
+    from sparkdl.data.decode import open_image
+    from sparkdl.featurize.backbones import load_backbone
+
+    torch.set_num_threads(threads)
+    model = load_backbone(backbone, random_init=random_init)
+    prep = model.preprocess
+    start = time.perf_counter()
+    done = 0
+    for i in range(0, len(images), batch):
+        arr = np.stack([prep.to_array(open_image(b, draft_size=prep.resize)) for b in images[i : i + batch]])
+        model(torch.from_numpy(arr))
+        done += len(arr)
+    return done, time.perf_counter() - start
+
+
+def plain(backbone: str, random_init: bool, images: list[bytes], processes: int, threads: int, batch: int) -> dict:
+    shares = [images[i::processes] for i in range(processes)]
+    if processes == 1:
+        results = [_plain_worker((backbone, random_init, images, threads, batch))]
+    else:
+        # all workers load their model first, then run concurrently: wall = slowest worker's loop
+        with mp.get_context("spawn").Pool(processes) as pool:
+            results = pool.map(_plain_worker, [(backbone, random_init, s, threads, batch) for s in shares])
+    n = sum(r[0] for r in results)
+    wall = max(r[1] for r in results)
+    return {"setup": f"{processes} process(es) x {threads} thread(s)", "images": n, "seconds": round(wall, 3),
+            "images_per_s": round(n / wall, 2)}  # fmt: skip
+
+
+def spark_path(spark, backbone: str, random_init: bool, table: str, out_dir: Path, threads: int, batch: int) -> dict:
+    from sparkdl.config import FeaturizeConfig
+    from sparkdl.featurize.featurizer import featurize_images
+
+    out = out_dir / f"features-{backbone}-{threads}t.parquet"
+    cfg = FeaturizeConfig(
+        input_uri=table, output_uri=str(out), backbone=backbone, random_init=random_init, batch_size=batch,
+        threads_per_task=threads, overwrite=True,
+    )  # fmt: skip
+    start = time.perf_counter()
+    result = featurize_images(spark, cfg)
+    wall = time.perf_counter() - start
+    return {"setup": f"Spark local[2], 2 tasks x {threads} thread(s)", "images": result.rows_out,
+            "partitions": result.partitions, "seconds": round(wall, 3), "images_per_s": round(result.rows_out / wall, 2)}  # fmt: skip
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbones", default="efficientnet_lite0,vgg16")
+    ap.add_argument("--images", default="480,48", help="images per backbone, comma-separated in the same order")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--skip-oversubscribed", action="store_true", help="skip the 2 tasks x 2 threads Spark run")
+    args = ap.parse_args(argv)
+
+    from sparkdl.config import SessionConfig
+    from sparkdl.session import build_session
+
+    backbones = args.backbones.split(",")
+    counts = [int(c) for c in args.images.split(",")]
+    if len(counts) != len(backbones):
+        ap.error("--images needs one count per backbone")
+    cores = os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="sparkdl-bench-"))
+    spark = build_session(SessionConfig(master="local[2]", ui_enabled=False, app_name="bench-featurize"))
+    report = {
+        "benchmark": "featurize",
+        "machine": {"cpus": cores, "python": platform.python_version(), "platform": platform.platform()},
+        "batch_size": args.batch_size,
+        "results": [],
+    }
+    try:
+        for backbone, n in zip(backbones, counts):
+            random_init = backbone == "vgg16"
+            images = make_jpegs(n)
+            rows = [(f"file:/bench/c{i % 4}/{i}.jpg", f"c{i % 4}", i % 4, "train", images[i]) for i in range(n)]
+            table = str(work / f"images-{backbone}.parquet")
+            spark.createDataFrame(rows, "path string, label string, label_index int, split string, image binary") \
+                .coalesce(1).write.mode("overwrite").parquet(table)  # fmt: skip
+            warm = str(work / f"warm-{backbone}.parquet")
+            spark.createDataFrame(rows[:8], "path string, label string, label_index int, split string, image binary") \
+                .write.mode("overwrite").parquet(warm)  # fmt: skip
+            spark_path(spark, backbone, random_init, warm, work, 1, args.batch_size)  # warm-up, not reported
+
+            plains = [plain(backbone, random_init, images, 1, cores, args.batch_size),
+                      plain(backbone, random_init, images, cores, 1, args.batch_size)]  # fmt: skip
+            sparks = [spark_path(spark, backbone, random_init, table, work, 1, args.batch_size)]
+            if not args.skip_oversubscribed and cores > 1:
+                sparks.append(spark_path(spark, backbone, random_init, table, work, cores, args.batch_size))
+            best_plain = max(plains, key=lambda r: r["images_per_s"])
+            report["results"].append({
+                "backbone": backbone,
+                "weights": "random-init (timing only)" if random_init else "pretrained",
+                "images": n,
+                "plain": plains,
+                "spark": sparks,
+                "best_plain_images_per_s": best_plain["images_per_s"],
+                "spark_images_per_s": sparks[0]["images_per_s"],
+                "ratio_spark_to_best_plain": round(sparks[0]["images_per_s"] / best_plain["images_per_s"], 3),
+            })  # fmt: skip
+            print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The real `sparkdl` console script in a subprocess: what a user types."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datagen import make_caltech_tree
+
+pytestmark = pytest.mark.spark
+
+SPARKDL = shutil.which("sparkdl", path=str(Path(sys.executable).parent)) or "sparkdl"
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run([SPARKDL, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def one_line_error(stderr: str) -> str:
+    """The cause is exactly one line, the last one (the JVM may print its start-up notice before it)."""
+    lines = stderr.strip().splitlines()
+    errors = [ln for ln in lines if ": error: " in ln]
+    assert errors == [lines[-1]], stderr
+    assert "Traceback" not in stderr
+    return lines[-1]
+
+
+def test_help():
+    top = run("--help")
+    assert top.returncode == 0
+    for cmd in ("demo", "ingest", "featurize"):
+        assert cmd in top.stdout
+    ingest = run("ingest", "--help")
+    assert ingest.returncode == 0
+    for opt in ("--images", "--output", "--split", "--seed", "--max-reject-fraction", "--overwrite"):
+        assert opt in ingest.stdout
+    feat = run("featurize", "--help")
+    for opt in ("--input", "--output", "--backbone", "--weights", "--random-init", "efficientnet_lite0", "vgg16"):
+        assert opt in feat.stdout
+
+
+def test_usage_errors_exit_2():
+    bad = run("ingest", "--images", "x", "--output", "y", "--split", "0.5,0.5")
+    assert bad.returncode == 2
+    assert "three fractions" in bad.stderr
+
+
+def test_ingest_then_featurize(tmp_path):
+    tree = make_caltech_tree(tmp_path / "data", per_class=4)
+    out = tmp_path / "out"
+    failed = run("ingest", "--images", str(tree["root"]), "--output", str(out / "images.parquet"), "--quiet")
+    assert failed.returncode == 1
+    cause = one_line_error(failed.stderr)
+    assert cause.startswith("sparkdl ingest: error: ingest: 3 of 15 rows rejected")
+    assert "raise --max-reject-fraction" in cause
+
+    ok = run("ingest", "--images", str(tree["root"]), "--output", str(out / "images.parquet"),
+             "--max-reject-fraction", "0.25", "--split", "0.6,0.2,0.2", "--seed", "7", "--json")  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads(ok.stdout)
+    assert (summary["rows_in"], summary["rows_out"]) == (15, 12)
+    assert summary["rejects"] == {"corrupt_image": 1, "empty_file": 1, "not_an_image": 1}
+    assert "ingest: writing 12 rows" in ok.stderr  # progress lines go to stderr
+
+    feat = run("featurize", "--input", str(out / "images.parquet"), "--output", str(out / "features.parquet"),
+               "--backbone", "tiny")  # fmt: skip
+    assert feat.returncode == 0, feat.stderr
+    assert "featurize summary" in feat.stdout
+    assert "rows in / out  12 / 12" in feat.stdout
+    assert "images/s" in feat.stdout
+
+
+def test_missing_input_and_missing_weights_are_one_line(tmp_path):
+    missing = run("featurize", "--input", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "f.parquet"), "--quiet")
+    assert missing.returncode == 1
+    assert "does not exist" in one_line_error(missing.stderr)
+
+
+def test_missing_java_is_explained(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = str(Path(sys.executable).parent)  # the venv's bin: sparkdl, python, no java
+    res = run("ingest", "--images", str(tmp_path), "--output", str(tmp_path / "o.parquet"), "--quiet", env=env)
+    assert res.returncode == 1
+    assert "Spark needs Java 17" in res.stderr and "openjdk-17-jre-headless" in res.stderr
+
+
+def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path):
+    res = run("demo", "--workdir", str(tmp_path / "demo"), "--max-per-class", "3", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["ingest"]["rows_out"] == 30
+    assert summary["ingest"]["labels"] == [str(d) for d in range(10)]
+    assert summary["featurize"]["rows_out"] == 30
+    assert summary["featurize"]["backbone"]["name"] == "efficientnet_lite0"
+    assert summary["featurize"]["backbone"]["feature_dim"] == 1280
+    assert (tmp_path / "demo" / "features.parquet").is_dir()
