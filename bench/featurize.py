@@ -4,7 +4,8 @@ Both paths start from the same encoded JPEGs and do the same work per image (dec
 forward pass). Plain loops tried: 1 process x N threads, and P processes x 1 thread (each on its share of the
 images); the best of them is the reference. The Spark path is `featurize_images` on an images table (read Parquet,
 mapInArrow over the backbone, write the features Parquet, count rejects), timed after a small warm-up run that
-starts the JVM's code paths and the Python workers.
+starts the JVM's code paths and the Python workers (and loads the model in them, as a long job would once).
+Setups are interleaved and repeated (--repeats); medians are reported.
 
     python bench/featurize.py --backbones efficientnet_lite0,vgg16 --images 480,48
 
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backbones", default="efficientnet_lite0,vgg16")
     ap.add_argument("--images", default="480,48", help="images per backbone, comma-separated in the same order")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per setup, interleaved; medians are reported")
     ap.add_argument("--skip-oversubscribed", action="store_true", help="skip the 2 tasks x 2 threads Spark run")
     args = ap.parse_args(argv)
 
@@ -130,21 +132,35 @@ def main(argv=None) -> int:
                 .write.mode("overwrite").parquet(warm)  # fmt: skip
             spark_path(spark, backbone, random_init, warm, work, 1, args.batch_size)  # warm-up, not reported
 
-            plains = [plain(backbone, random_init, images, 1, cores, args.batch_size),
-                      plain(backbone, random_init, images, cores, 1, args.batch_size)]  # fmt: skip
-            sparks = [spark_path(spark, backbone, random_init, table, work, 1, args.batch_size)]
+            # interleave the setups and repeat them, so a noisy neighbour hurts all of them alike; report medians
+            runs: dict[str, list[dict]] = {}
+            for _ in range(args.repeats):
+                for r in (plain(backbone, random_init, images, 1, cores, args.batch_size),
+                          plain(backbone, random_init, images, cores, 1, args.batch_size),
+                          spark_path(spark, backbone, random_init, table, work, 1, args.batch_size)):  # fmt: skip
+                    runs.setdefault(r["setup"], []).append(r)
             if not args.skip_oversubscribed and cores > 1:
-                sparks.append(spark_path(spark, backbone, random_init, table, work, cores, args.batch_size))
-            best_plain = max(plains, key=lambda r: r["images_per_s"])
+                r = spark_path(spark, backbone, random_init, table, work, cores, args.batch_size)
+                runs.setdefault(r["setup"], []).append(r)
+            summary = {}
+            for setup, rs in runs.items():
+                rates = sorted(x["images_per_s"] for x in rs)
+                summary[setup] = {"images_per_s_median": rates[len(rates) // 2], "images_per_s_all": rates,
+                                  "seconds_median": sorted(x["seconds"] for x in rs)[len(rs) // 2]}  # fmt: skip
+            plain_keys = [k for k in summary if k.startswith(tuple("0123456789"))]
+            spark_key = "Spark local[2], 2 tasks x 1 thread(s)"
+            best_plain = max(plain_keys, key=lambda k: summary[k]["images_per_s_median"])
             report["results"].append({
                 "backbone": backbone,
                 "weights": "random-init (timing only)" if random_init else "pretrained",
                 "images": n,
-                "plain": plains,
-                "spark": sparks,
-                "best_plain_images_per_s": best_plain["images_per_s"],
-                "spark_images_per_s": sparks[0]["images_per_s"],
-                "ratio_spark_to_best_plain": round(sparks[0]["images_per_s"] / best_plain["images_per_s"], 3),
+                "repeats": args.repeats,
+                "setups": summary,
+                "best_plain": best_plain,
+                "best_plain_images_per_s": summary[best_plain]["images_per_s_median"],
+                "spark_images_per_s": summary[spark_key]["images_per_s_median"],
+                "ratio_spark_to_best_plain": round(
+                    summary[spark_key]["images_per_s_median"] / summary[best_plain]["images_per_s_median"], 3),
             })  # fmt: skip
             print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
     finally:

@@ -90,6 +90,33 @@ def _seeded(seed: int = 0):
         yield
 
 
+def _resolve_weights(
+    spec: Backbone, weights: str | os.PathLike | None, random_init: bool
+) -> tuple[dict | None, str, str, Preprocess]:
+    """(state dict or None, format, source description, preprocessing) for a backbone and a weights choice."""
+    if weights is not None and random_init:
+        raise ConfigError("pass either weights or random_init, not both")
+    if weights is not None:
+        fmt = wio.weights_format(weights)
+        if fmt == "keras":
+            if spec.keras_converter is None:
+                raise ConfigError(f"backbone {spec.name!r} cannot load Keras HDF5 weights; use a .pth or .safetensors file")
+            return spec.keras_converter(wio.read_keras_h5(weights)), fmt, str(weights), spec.keras_preprocess or spec.preprocess
+        state = wio.read_safetensors(weights) if fmt == "safetensors" else wio.read_torch_state_dict(weights)
+        return state, fmt, str(weights), spec.preprocess
+    if random_init:
+        return None, "none", "random-init", spec.preprocess
+    if spec.default_weights is not None:
+        path = spec.default_weights()
+        return wio.read_torch_state_dict(path), "torch", f"package:{os.path.basename(path)}", spec.preprocess
+    if not spec.requires_weights:
+        return None, "none", "seeded-init", spec.preprocess
+    raise ConfigError(
+        f"backbone {spec.name!r} needs pretrained weights: pass --weights FILE (.pth/.pt state dict, .safetensors or "
+        f"Keras .h5), or --random-init on purpose for timing runs (its features are meaningless)"
+    )
+
+
 def load_backbone(name: str, weights: str | os.PathLike | None = None, random_init: bool = False) -> LoadedBackbone:
     """Build ``name``'s feature extractor with its weights: from ``weights`` if given, else the embedded default.
 
@@ -97,41 +124,27 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, random_in
     weights and gets neither raises ConfigError.
     """
     spec = get_backbone(name)
-    if weights is not None and random_init:
-        raise ConfigError("pass either weights or random_init, not both")
+    state, fmt, source, preprocess = _resolve_weights(spec, weights, random_init)
     with _seeded(0):
         net = spec.build()
-    preprocess = spec.preprocess
-    if weights is not None:
-        fmt = wio.weights_format(weights)
-        if fmt == "keras":
-            if spec.keras_converter is None:
-                raise ConfigError(f"backbone {name!r} cannot load Keras HDF5 weights; use a .pth or .safetensors file")
-            state = spec.keras_converter(wio.read_keras_h5(weights))
-            preprocess = spec.keras_preprocess or preprocess
-        elif fmt == "safetensors":
-            state = wio.read_safetensors(weights)
-        else:
-            state = wio.read_torch_state_dict(weights)
-        wio.load_into(net, state, str(weights))
-        source = str(weights)
-    elif random_init:
-        fmt, source = "none", "random-init"
-    elif spec.default_weights is not None:
-        path = spec.default_weights()
-        wio.load_into(net, wio.read_torch_state_dict(path), path)
-        fmt, source = "torch", f"package:{os.path.basename(path)}"
-    elif not spec.requires_weights:
-        fmt, source = "none", "seeded-init"
-    else:
-        raise ConfigError(
-            f"backbone {name!r} needs pretrained weights: pass --weights FILE (.pth/.pt state dict, .safetensors or "
-            f"Keras .h5), or --random-init on purpose for timing runs (its features are meaningless)"
-        )
+    if state is not None:
+        wio.load_into(net, state, source)
     module = spec.extractor(net).eval().to(memory_format=torch.channels_last)
     for p in module.parameters():
         p.requires_grad_(False)
     return LoadedBackbone(spec=spec, module=module, preprocess=preprocess, weights=source, weights_format=fmt)
+
+
+def check_backbone(name: str, weights: str | os.PathLike | None = None, random_init: bool = False) -> dict:
+    """What ``load_backbone`` would build, checked without materializing the network (it is built on the ``meta``
+    device): a wrong weights file fails here, on the driver, in about the time it takes to read it."""
+    spec = get_backbone(name)
+    state, fmt, source, preprocess = _resolve_weights(spec, weights, random_init)
+    if state is not None:
+        with torch.device("meta"):
+            net = spec.build()
+        wio.check_fit(net, state, source)
+    return {**spec.to_json(), "weights": source, "weights_format": fmt, "preprocess": preprocess.to_json()}
 
 
 # ---------------------------------------------------------------------------------------------- efficientnet_lite0

@@ -24,7 +24,7 @@ from sparkdl.data import tables
 from sparkdl.data.decode import ImageDecodeError, open_image
 from sparkdl.data.features import FEATURES_COLUMNS, FEATURES_FORMAT, IMAGES_TYPES
 from sparkdl.errors import DataError
-from sparkdl.featurize.backbones import LoadedBackbone, load_backbone
+from sparkdl.featurize.backbones import LoadedBackbone, check_backbone, load_backbone
 
 Progress = Callable[[str], None]
 
@@ -277,13 +277,11 @@ def featurize_images(spark, config: FeaturizeConfig, progress: Progress | None =
     tables.check_columns(images, IMAGES_TYPES, "images table (run `sparkdl ingest` first)", config.input_uri)
     labels = _labels_of(spark, images, config.input_uri, say)
 
-    loaded = load_backbone(config.backbone, weights=config.weights, random_init=config.random_init)
-    backbone_info = loaded.describe()
+    backbone_info = check_backbone(config.backbone, weights=config.weights, random_init=config.random_init)
     if config.weights:
         from sparkdl.featurize.weights import file_digest
 
         backbone_info["weights_sha256"] = file_digest(config.weights)
-    del loaded
     say(f"featurize: backbone {config.backbone} ({backbone_info['feature_dim']}-d, weights {backbone_info['weights']})")
 
     # Always rebalance: the backbone costs ~1000x more per row than moving the row, and file splits can leave a

@@ -108,8 +108,9 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Strict load with an error that names what does not fit (the usual sign of a wrong architecture)."""
+def check_fit(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ConfigError naming what does not fit (the usual sign of a wrong architecture). Works on a module built
+    on the ``meta`` device, so a driver can check a weights file without materializing the network."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -130,6 +131,12 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source:
             f"weights in {source} do not fit the {type(module).__name__} architecture: " + "; ".join(parts)
             + ". Is it the right file for this backbone?"
         )
+
+
+def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Strict load after ``check_fit``."""
+    check_fit(module, state_dict, source)
+    expected = module.state_dict()
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 

@@ -100,3 +100,14 @@ def test_read_keras2_and_keras3_layouts(tmp_path):
     got = wio.read_keras_h5(p3)
     assert list(got) == ["conv"]
     np.testing.assert_array_equal(got["conv"][0], k)
+
+
+def test_driver_check_matches_load_and_catches_misfits_without_building(tmp_path):
+    from sparkdl.featurize.backbones import check_backbone
+
+    for name, kwargs in [("tiny", {}), ("efficientnet_lite0", {}), ("vgg16", {"random_init": True})]:
+        assert check_backbone(name, **kwargs) == load_backbone(name, **kwargs).describe()
+    path = tmp_path / "tiny.pth"
+    wio.save_state_dict(_perturbed_tiny_state(), path)
+    with pytest.raises(ConfigError, match="do not fit the VGG16 architecture"):
+        check_backbone("vgg16", weights=path)
