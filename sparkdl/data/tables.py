@@ -135,4 +135,4 @@ def check_columns(df, required: dict[str, tuple[str, ...]], what: str, uri: str)
         elif actual[name] not in accepted:
             problems.append(f"column {name!r} is {actual[name]}, expected {' or '.join(accepted)}")
     if problems:
-        raise DataError(f"{uri} is not a {what}: " + "; ".join(problems) + f" (columns found: {sorted(actual)})")
+        raise DataError(f"{uri} is not a valid {what}: " + "; ".join(problems) + f" (columns found: {sorted(actual)})")

@@ -60,19 +60,29 @@ class _WorkerModels:
 WORKER_MODELS = _WorkerModels()
 
 
-def _resolve_weights(path: str | None) -> str | None:
-    """On an executor: the copy Spark shipped with ``addFile`` if there is one, else the path as given."""
+def _resolve_weights(path: str | None, expected_size: int | None) -> str | None:
+    """On an executor: the copy Spark shipped with ``addFile`` if there is one, else the path as given.
+
+    Spark ships a path once per application: a file rewritten in place later in the same session is not shipped
+    again. A size that differs from the driver's file is caught here instead of silently using old weights.
+    """
     if not path:
         return None
+    resolved = path
     try:
         from pyspark import SparkFiles
 
         shipped = SparkFiles.get(os.path.basename(path))
         if os.path.isfile(shipped):
-            return shipped
+            resolved = shipped
     except Exception:  # SparkFiles has no root outside a Spark job
         pass
-    return path
+    if expected_size is not None and os.path.getsize(resolved) != expected_size:
+        raise DataError(
+            f"the weights file {path} changed after Spark shipped it to the executors ({os.path.getsize(resolved)} "
+            f"bytes there, {expected_size} on the driver): write new weights under a new file name or restart the session"
+        )
+    return resolved
 
 
 def featurize_arrow_batches(
@@ -83,6 +93,7 @@ def featurize_arrow_batches(
     random_init: bool,
     batch_size: int,
     threads: int,
+    weights_size: int | None = None,
     input_col: str,
     output_col: str,
     error_col: str,
@@ -100,7 +111,7 @@ def featurize_arrow_batches(
         threads = max(1, ctx.cpus() if ctx is not None else 1)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    model = WORKER_MODELS.get(backbone, _resolve_weights(weights), random_init)
+    model = WORKER_MODELS.get(backbone, _resolve_weights(weights, weights_size), random_init)
     prep = model.preprocess
     dim = model.spec.feature_dim
 
@@ -209,6 +220,7 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
             featurize_arrow_batches,
             backbone=self.getOrDefault(self.backbone),
             weights=weights,
+            weights_size=os.path.getsize(weights) if weights else None,
             random_init=self.getOrDefault(self.randomInit),
             batch_size=self.getOrDefault(self.batchSize),
             threads=self.getOrDefault(self.threadsPerTask),

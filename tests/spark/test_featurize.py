@@ -130,7 +130,7 @@ def test_transformer_keeps_invalid_rows_with_error(spark, tmp_path):
 def test_wrong_table_and_wrong_weights_fail_before_the_job(spark, ingested, tmp_path):
     wrong = tmp_path / "wrong.parquet"
     spark.createDataFrame([("a", 1)], "path string, n int").write.parquet(str(wrong))
-    with pytest.raises(DataError, match="is not a images table.*column 'label' is missing"):
+    with pytest.raises(DataError, match="is not a valid images table.*column 'label' is missing"):
         featurize_images(spark, FeaturizeConfig(input_uri=str(wrong), output_uri=str(tmp_path / "o.parquet"), backbone="tiny"))
     w = tmp_path / "tiny.pth"
     wio.save_state_dict(load_backbone("tiny").module, w)
@@ -175,3 +175,14 @@ def test_one_model_per_python_worker_and_one_thread_per_task(spark, ingested, tm
     new_loads = sum(loads - before.get(pid, (0, 0))[0] for pid, (loads, _) in after.items())
     assert 1 <= new_loads <= len(after) < 8  # 8 partitions, but each worker built the model once
     assert {threads for _, threads in after.values()} == {1}  # spark.task.cpus = 1
+
+
+def test_weights_rewritten_in_place_are_not_used_stale(spark, ingested, tmp_path):
+    path = tmp_path / "tiny-rewritten.pth"
+    state = load_backbone("tiny").module.state_dict()
+    wio.save_state_dict(state, path)
+    cfg = dict(input_uri=ingested.output_uri, backbone="tiny", weights=str(path), overwrite=True)
+    featurize_images(spark, FeaturizeConfig(output_uri=str(tmp_path / "a.parquet"), **cfg))
+    torch.save({"epoch": 2, "state_dict": {k: v + 1 for k, v in state.items()}}, path)  # same name, new content
+    with pytest.raises(Exception, match="changed after Spark shipped it"):
+        featurize_images(spark, FeaturizeConfig(output_uri=str(tmp_path / "b.parquet"), **cfg))
