@@ -160,7 +160,7 @@ def run_ingest(args, say) -> dict:
     )
     say("ingest: starting Spark")
     result = ingest_images(_session(args), config, progress=say)
-    payload = {**asdict(result), "files_per_second": result.files_per_second}
+    payload = {**asdict(result), "files_per_second": result.rows_per_second}
     _print_summary(
         "ingest summary",
         [
@@ -169,7 +169,7 @@ def run_ingest(args, say) -> dict:
             ("rejected", f"{result.rows_in - result.rows_out} ({_fmt_counts(result.rejects)}) -> {result.rejects_uri}"),
             ("splits", _fmt_counts(result.split_counts)),
             ("classes", f"{len(result.labels)} ({result.label_source}) -> {result.meta_uri}"),
-            ("time", f"{result.seconds:.1f} s ({result.files_per_second:.1f} files/s)"),
+            ("time", f"{result.seconds:.1f} s ({result.rows_per_second:.1f} files/s)"),
         ],
         payload,
         args.json,
@@ -195,7 +195,7 @@ def run_featurize(args, say) -> dict:
     )
     say("featurize: starting Spark")
     result = featurize_images(_session(args), config, progress=say)
-    payload = {**asdict(result), "images_per_second": result.images_per_second}
+    payload = {**asdict(result), "images_per_second": result.rows_per_second}
     _print_summary(
         "featurize summary",
         [
@@ -204,7 +204,7 @@ def run_featurize(args, say) -> dict:
             ("rows in / out", f"{result.rows_in} / {result.rows_out}"),
             ("rejected", f"{result.rows_in - result.rows_out} ({_fmt_counts(result.rejects)}) -> {result.rejects_uri}"),
             ("splits", _fmt_counts(result.split_counts)),
-            ("time", f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s, {result.partitions} partitions)"),
+            ("time", f"{result.seconds:.1f} s ({result.rows_per_second:.1f} images/s, {result.partitions} partitions)"),
         ],
         payload,
         args.json,

@@ -72,6 +72,6 @@ def run_demo(
     )
     return {
         "images_dir": str(images_dir),
-        "ingest": {**asdict(ingest), "files_per_second": ingest.files_per_second},
-        "featurize": {**asdict(featurize), "images_per_second": featurize.images_per_second},
+        "ingest": {**asdict(ingest), "files_per_second": ingest.rows_per_second},
+        "featurize": {**asdict(featurize), "images_per_second": featurize.rows_per_second},
     }

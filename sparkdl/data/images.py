@@ -176,22 +176,10 @@ def _unread_files(spark, validated, listed: list[str], root: str):
 
 
 @dataclass(frozen=True)
-class IngestResult:
-    output_uri: str
-    rejects_uri: str
-    meta_uri: str
-    rows_in: int
-    rows_out: int
-    rejects: dict[str, int]
-    split_counts: dict[str, int]
-    labels: tuple[str, ...]
-    label_source: str
-    seconds: float
+class IngestResult(tables.StageResult):
+    labels: tuple[str, ...] = ()
+    label_source: str = ""
     class_counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def files_per_second(self) -> float:
-        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
 
 
 def ingest_images(spark, config: IngestConfig, progress: Progress | None = None) -> IngestResult:

@@ -35,6 +35,24 @@ class RejectCounts:
         return self.rejected / self.rows_in if self.rows_in else 0.0
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """What every table-writing stage reports."""
+
+    output_uri: str
+    rejects_uri: str
+    meta_uri: str
+    rows_in: int
+    rows_out: int
+    rejects: dict[str, int]
+    split_counts: dict[str, int]
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+
 def rejects_uri(table_uri: str) -> str:
     return hadoopfs.sidecar_uri(table_uri, "rejects.parquet")
 

@@ -10,7 +10,7 @@ import functools
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from pyspark import keyword_only
@@ -233,21 +233,9 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
 
 
 @dataclass(frozen=True)
-class FeaturizeResult:
-    output_uri: str
-    rejects_uri: str
-    meta_uri: str
-    rows_in: int
-    rows_out: int
-    rejects: dict[str, int]
-    split_counts: dict[str, int]
-    backbone: dict
-    partitions: int
-    seconds: float
-
-    @property
-    def images_per_second(self) -> float:
-        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+class FeaturizeResult(tables.StageResult):
+    backbone: dict = field(default_factory=dict)
+    partitions: int = 0
 
 
 def plan_partitions(rows: int, parallelism: int, max_rows_per_partition: int) -> int:
