@@ -30,7 +30,7 @@ def _split_arg(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--split takes three comma-separated fractions like 0.7,0.15,0.15, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--split takes three comma-separated fractions like 0.7,0.15,0.15, got {text!r}") from None
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"--split takes three fractions (train,valid,test), got {len(parts)}")
     return parts  # type: ignore[return-value]
@@ -40,7 +40,7 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
@@ -50,7 +50,7 @@ def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
     return value
