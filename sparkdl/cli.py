@@ -1,4 +1,4 @@
-"""``sparkdl`` command line: demo | ingest | featurize.
+"""``sparkdl`` command line: demo | ingest | featurize | train | evaluate | report.
 
 The only place (with ``jobs/``) that reads argv and the environment. Progress lines go to stderr, the final summary
 to stdout (``--json`` for a machine-readable one). Errors: one line on stderr, exit code 1 (2 for usage errors).
@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from typing import Sequence
 
-from sparkdl.config import FeaturizeConfig, IngestConfig, SessionConfig
+from sparkdl.config import FeaturizeConfig, HeadConfig, IngestConfig, OptimizerConfig, SessionConfig, TrainConfig
 from sparkdl.errors import SparkDLError
 
 
@@ -82,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="end-to-end run on the embedded default (scikit-learn's digits, EfficientNet-Lite0), no download",
         description="Write scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes) as an "
-        "image-folder tree, then ingest and featurize them with the embedded pretrained EfficientNet-Lite0 on "
-        "local Spark.",
+        "image-folder tree, ingest and featurize them with the embedded pretrained EfficientNet-Lite0, train a "
+        "softmax head with the parameter-averaging master, evaluate on the test split and write the report, all "
+        "on local Spark.",
     )
     demo.add_argument("--workdir", default="sparkdl-work/demo", help="where the demo writes (default sparkdl-work/demo)")
     demo.add_argument("--max-per-class", type=_positive_int, default=None, help="use at most N images per class")
     demo.add_argument("--backbone", default="efficientnet_lite0", choices=list_backbones())
+    _add_train_args(demo)
 
     ingest = sub.add_parser(
         "ingest",
@@ -123,7 +125,76 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--threads-per-task", type=_positive_int, default=None, help="torch threads per task (default spark.task.cpus)")
     feat.add_argument("--max-reject-fraction", type=_fraction, default=0.01, help="fail above this fraction of bad images (default 0.01)")
     feat.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="features table -> model bundle (head trained across Spark executors)",
+        description="Train a softmax/MLP head on split = train with a distributed training master; keep the epoch "
+        "with the best valid accuracy; write a model bundle (config.json, head.safetensors, metrics.json, "
+        "events.jsonl).",
+    )
+    train.add_argument("--features", required=True, help="features table written by `sparkdl featurize`")
+    train.add_argument("--output", required=True, help="model bundle directory to write (local path)")
+    _add_train_args(train)
+    train.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+
+    ev = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="metrics of a model bundle on a features table",
+        description="Accuracy, top-5, macro precision/recall/F1 and the confusion matrix, computed per partition.",
+    )
+    ev.add_argument("--model", required=True, help="model bundle directory")
+    ev.add_argument("--features", required=True, help="features table")
+    ev.add_argument("--split", default="test", help="split to score: train, valid, test or all (default test)")
+
+    rep = sub.add_parser(
+        "report",
+        parents=[common],
+        help="HTML + PNG plots of a training run",
+        description="Loss per iteration, accuracy per epoch, phase timings per round and the confusion matrix.",
+    )
+    rep.add_argument("--model", required=True, help="model bundle directory")
+    rep.add_argument("--out", default=None, help="where to write (default <model>/report)")
     return parser
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
+    p.add_argument("--master", dest="training_master", default="averaging", choices=["averaging"], help="training master (default averaging)")
+    p.add_argument("--workers", type=_positive_int, default=2, help="data-parallel workers (default 2)")
+    p.add_argument("--epochs", type=_positive_int, default=epochs, help=f"epochs (default {epochs})")
+    p.add_argument("--batch-size-per-worker", type=_positive_int, default=16, help="minibatch per worker (default 16)")
+    p.add_argument("--averaging-frequency", type=_positive_int, default=5, help="minibatches between averagings (default 5)")
+    p.add_argument("--aggregation-depth", type=_positive_int, default=2, help="treeAggregate depth (default 2)")
+    p.add_argument("--head", default="softmax", help="softmax or mlp:H1,H2,... (default softmax)")
+    p.add_argument("--dropout", type=_fraction, default=0.0, help="dropout after each hidden layer of an mlp head")
+    p.add_argument("--optimizer", default="nesterov", choices=["sgd", "nesterov", "adam"], help="default nesterov")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--momentum", type=_fraction, default=0.9, help="momentum for sgd/nesterov (default 0.9)")
+    p.add_argument(
+        "--average-updater-state",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average the optimizer state (momentum, Adam moments) with the parameters (default on)",
+    )
+    p.add_argument("--early-stopping-patience", type=_positive_int, default=None, help="stop after N epochs without a better valid accuracy")
+    p.add_argument("--seed", type=int, default=42, help="head init, shuffling and dropout seed (default 42)")
+
+
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(
+        master=args.training_master,
+        workers=args.workers,
+        epochs=args.epochs,
+        batch_size_per_worker=args.batch_size_per_worker,
+        averaging_frequency=args.averaging_frequency,
+        aggregation_depth=args.aggregation_depth,
+        average_updater_state=args.average_updater_state,
+        head=HeadConfig.parse(args.head, dropout=args.dropout),
+        optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr, momentum=args.momentum if args.optimizer != "adam" else 0.0),
+        seed=args.seed,
+        early_stopping_patience=args.early_stopping_patience,
+    )
 
 
 def _session(args):
@@ -212,18 +283,80 @@ def run_featurize(args, say) -> dict:
     return payload
 
 
+def _metrics_rows(metrics: dict) -> list[tuple[str, object]]:
+    return [
+        (split, f"accuracy {m['accuracy']:.4f}  top-5 {m['top5']:.4f}  macro P/R/F1 "
+                f"{m['macro_precision']:.4f}/{m['macro_recall']:.4f}/{m['macro_f1']:.4f}  (n={m['n']})")
+        for split, m in metrics.items()
+    ]  # fmt: skip
+
+
+def run_train(args, say) -> dict:
+    from sparkdl.train.run import train_head
+
+    config = _train_config(args)
+    say("train: starting Spark")
+    result = train_head(_session(args), args.features, args.output, config, overwrite=args.overwrite, progress=say)
+    payload = asdict(result)
+    _print_summary(
+        "train summary",
+        [
+            ("model", result.model_dir),
+            ("best epoch", f"{result.best_epoch + 1} of {result.epochs_run}"),
+            *_metrics_rows(result.metrics),
+            ("time", f"{result.seconds:.1f} s ({result.examples_per_second:.0f} examples/s)"),
+        ],
+        payload,
+        args.json,
+    )
+    return payload
+
+
+def run_evaluate(args, say) -> dict:
+    from sparkdl.train.run import evaluate_model
+
+    split = None if args.split == "all" else args.split
+    metrics = evaluate_model(_session(args), args.model, args.features, split=split)
+    payload = {"split": args.split, **metrics.to_json()}
+    rows = _metrics_rows({args.split: metrics.summary()})
+    if len(metrics.confusion) <= 12:
+        rows.append(("confusion", "rows = true, columns = predicted"))
+        rows += [(f"  {i}", " ".join(f"{v:4d}" for v in row)) for i, row in enumerate(metrics.confusion)]
+    _print_summary("evaluate summary", rows, payload, args.json)
+    return payload
+
+
+def run_report(args, say) -> dict:
+    from sparkdl.report import write_report
+
+    page = write_report(args.model, args.out)
+    payload = {"report": str(page), "files": sorted(p.name for p in page.parent.iterdir())}
+    _print_summary("report", [("html", str(page)), ("files", ", ".join(payload["files"]))], payload, args.json)
+    return payload
+
+
 def run_demo(args, say) -> dict:
     from sparkdl.demo import run_demo as demo
 
-    result = demo(_session(args), workdir=args.workdir, max_per_class=args.max_per_class, backbone=args.backbone, progress=say)
+    result = demo(
+        _session(args),
+        workdir=args.workdir,
+        max_per_class=args.max_per_class,
+        backbone=args.backbone,
+        train_config=_train_config(args),
+        progress=say,
+    )
     _print_summary(
-        "demo summary (digits -> ingest -> featurize)",
+        "demo summary (digits -> ingest -> featurize -> train -> evaluate -> report)",
         [
             ("image folders", result["images_dir"]),
             ("images table", f"{result['ingest']['output_uri']} ({result['ingest']['rows_out']} rows)"),
             ("features table", f"{result['featurize']['output_uri']} ({result['featurize']['rows_out']} x {result['featurize']['backbone']['feature_dim']})"),
             ("featurize speed", f"{result['featurize']['images_per_second']:.1f} images/s"),
-            ("next", "training a head on these features comes with `sparkdl train` (not in this version yet)"),
+            ("model", result["train"]["model_dir"]),
+            *_metrics_rows(result["train"]["metrics"]),
+            ("training", f"{result['train']['seconds']:.1f} s, best epoch {result['train']['best_epoch'] + 1} of {result['train']['epochs_run']}"),
+            ("report", result["report"]),
         ],
         result,
         args.json,
@@ -231,7 +364,14 @@ def run_demo(args, say) -> dict:
     return result
 
 
-COMMANDS = {"ingest": run_ingest, "featurize": run_featurize, "demo": run_demo}
+COMMANDS = {
+    "ingest": run_ingest,
+    "featurize": run_featurize,
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "report": run_report,
+    "demo": run_demo,
+}
 
 
 def _one_line(exc: BaseException) -> str:

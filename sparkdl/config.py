@@ -127,3 +127,103 @@ class FeaturizeConfig:
         _check_optional_positive("max_rows_per_partition", self.max_rows_per_partition)
         _check_optional_positive("threads_per_task", self.threads_per_task)
         _check_fraction("max_reject_fraction", self.max_reject_fraction)
+
+
+HEAD_KINDS = ("softmax", "mlp")
+OPTIMIZERS = ("sgd", "nesterov", "adam")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """``softmax``: one linear layer; ``mlp``: hidden layers (ReLU, dropout) then the linear classifier."""
+
+    kind: str = "softmax"
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.kind in HEAD_KINDS, f"head must be one of {HEAD_KINDS}, got {self.kind!r}")
+        _require(all(isinstance(h, int) and h > 0 for h in self.hidden), f"hidden sizes must be positive, got {self.hidden}")
+        _require(self.kind == "mlp" or not self.hidden, "a softmax head has no hidden layers; use kind='mlp'")
+        _require(self.kind == "softmax" or bool(self.hidden), "an mlp head needs hidden sizes, e.g. mlp:512,256")
+        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def parse(cls, spec: str, dropout: float = 0.0) -> "HeadConfig":
+        """``softmax`` or ``mlp:512,256``."""
+        kind, _, sizes = spec.partition(":")
+        try:
+            hidden = tuple(int(s) for s in sizes.split(",") if s.strip())
+        except ValueError:
+            raise ConfigError(f"head spec {spec!r}: hidden sizes must be integers, e.g. mlp:512,256") from None
+        return cls(kind=kind, hidden=hidden, dropout=dropout)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "hidden": list(self.hidden), "dropout": self.dropout}
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """``sgd`` (optionally with momentum), ``nesterov`` (SGD with Nesterov momentum) or ``adam``."""
+
+    name: str = "nesterov"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.name in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
+        _require(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
+        _require(self.name != "nesterov" or self.momentum > 0, "nesterov needs momentum > 0")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
+
+
+MASTERS = ("averaging", "sharing")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train a head on a features table (``split = train``; the best epoch by ``valid`` accuracy is kept)."""
+
+    master: str = "averaging"
+    workers: int = 2
+    epochs: int = 10
+    batch_size_per_worker: int = 16
+    averaging_frequency: int = 5
+    aggregation_depth: int = 2
+    average_updater_state: bool = True
+    head: HeadConfig = HeadConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    seed: int = 42
+    early_stopping_patience: int | None = None
+    score_every: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.master in MASTERS, f"master must be one of {MASTERS}, got {self.master!r}")
+        for name in ("workers", "epochs", "batch_size_per_worker", "averaging_frequency", "aggregation_depth", "score_every"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        _check_optional_positive("early_stopping_patience", self.early_stopping_patience)
+
+    @property
+    def rows_per_round(self) -> int:
+        return self.workers * self.batch_size_per_worker * self.averaging_frequency
+
+    def to_json(self) -> dict:
+        return {
+            "master": self.master,
+            "workers": self.workers,
+            "epochs": self.epochs,
+            "batch_size_per_worker": self.batch_size_per_worker,
+            "averaging_frequency": self.averaging_frequency,
+            "aggregation_depth": self.aggregation_depth,
+            "average_updater_state": self.average_updater_state,
+            "head": self.head.to_json(),
+            "optimizer": self.optimizer.to_json(),
+            "seed": self.seed,
+            "early_stopping_patience": self.early_stopping_patience,
+        }

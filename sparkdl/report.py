@@ -1,0 +1,129 @@
+"""Training report: a model bundle's events and metrics -> PNG plots and one HTML page (no display needed)."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from sparkdl.bundle import ModelBundle
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(events: list[dict], path: Path) -> None:
+    plt = _plt()
+    rounds = [e for e in events if e.get("type") == "round"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([e["iteration"] for e in rounds], [e["loss"] for e in rounds], lw=1)
+    ax.set(xlabel="iteration (averaging round)", ylabel="training loss (cross-entropy)", title="Loss per iteration")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy(events: list[dict], path: Path) -> None:
+    plt = _plt()
+    epochs = [e for e in events if e.get("type") == "epoch"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = [e["epoch"] + 1 for e in epochs]
+    ax.plot(x, [e["train_loss"] for e in epochs], marker="o", label="train loss")
+    if any(e.get("valid_accuracy") is not None for e in epochs):
+        ax2 = ax.twinx()
+        ax2.plot(x, [e.get("valid_accuracy") for e in epochs], marker="s", color="tab:green", label="valid accuracy")
+        ax2.set_ylabel("valid accuracy")
+        ax2.legend(loc="lower right")
+    ax.set(xlabel="epoch", ylabel="train loss", title="Per epoch")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_phases(events: list[dict], path: Path) -> None:
+    plt = _plt()
+    rounds = [e for e in events if e.get("type") == "round" and e.get("phases")]
+    phases = sorted({p for e in rounds for p in e["phases"]})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = [0.0] * len(rounds)
+    x = [e["iteration"] for e in rounds]
+    for phase in phases:
+        values = [e["phases"].get(phase, 0.0) for e in rounds]
+        ax.bar(x, values, bottom=bottom, label=phase, width=1.0)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set(xlabel="iteration", ylabel="seconds", title="Phase timings per round")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+    import numpy as np
+
+    plt = _plt()
+    m = np.asarray(confusion)
+    size = min(12, 3 + 0.35 * len(labels))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(m, cmap="Blues")
+    if len(labels) <= 30:
+        ax.set_xticks(range(len(labels)), labels, rotation=90)
+        ax.set_yticks(range(len(labels)), labels)
+        for (i, j), v in np.ndenumerate(m):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > m.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``loss.png``, ``epochs.png``, ``phases.png``, ``confusion.png`` and ``report.html``; returns the HTML."""
+    bundle = ModelBundle.load(model_dir)
+    out = Path(out_dir) if out_dir else Path(model_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if bundle.events:
+        plot_loss(bundle.events, out / "loss.png")
+        plot_accuracy(bundle.events, out / "epochs.png")
+        plot_phases(bundle.events, out / "phases.png")
+        figures += [("Training loss", "loss.png"), ("Per epoch", "epochs.png"), ("Phase timings", "phases.png")]
+    split = next((s for s in ("test", "valid", "train") if s in bundle.metrics), None)
+    if split:
+        plot_confusion(bundle.metrics[split]["confusion"], bundle.labels, out / "confusion.png", f"Confusion matrix ({split})")
+        figures.append((f"Confusion matrix ({split})", "confusion.png"))
+    rows = []
+    for s in ("train", "valid", "test"):
+        m = bundle.metrics.get(s)
+        if m:
+            rows.append(
+                f"<tr><td>{s}</td><td>{m['n']}</td><td>{m['accuracy']:.4f}</td><td>{m['top5']:.4f}</td>"
+                f"<td>{m['macro_precision']:.4f}</td><td>{m['macro_recall']:.4f}</td><td>{m['macro_f1']:.4f}</td></tr>"
+            )
+    facts = {k: bundle.metrics.get(k) for k in ("best_epoch", "epochs_run", "wall_seconds", "examples_per_second",
+                                                "bytes_driver_to_workers", "bytes_workers_to_driver", "phase_seconds")}  # fmt: skip
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sparkdl training report</title>
+<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
+<h1>sparkdl training report</h1>
+<p>Model: {html.escape(str(Path(model_dir).resolve()))}<br>Backbone: {html.escape(json.dumps(bundle.backbone.get("name")))},
+head: {html.escape(json.dumps(bundle.head.config.to_json()))}, {bundle.head.n_classes} classes,
+{bundle.head.in_dim}-d features</p>
+<table><tr><th>split</th><th>n</th><th>accuracy</th><th>top-5</th><th>macro precision</th><th>macro recall</th><th>macro F1</th></tr>
+{''.join(rows)}</table>
+<pre>{html.escape(json.dumps(facts, indent=2))}</pre>
+<pre>{html.escape(json.dumps(bundle.training, indent=2))}</pre>
+{''.join(f'<h2>{html.escape(t)}</h2><img src="{f}" alt="{html.escape(t)}">' for t, f in figures)}
+</body></html>
+"""
+    (out / "report.html").write_text(page)
+    return out / "report.html"
