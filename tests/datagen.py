@@ -45,3 +45,26 @@ def make_caltech_tree(root: Path, per_class: int = 6, bad_files: bool = True) ->
             f"{CLASSES[2]}/003_0000.jpg": "empty_file",
         }
     return {"root": top, "good": sorted(good), "bad": bad}
+
+
+def make_features_table(spark, uri: str, n: int, dim: int, n_classes: int, seed: int = 0, split_counts=None) -> dict:
+    """A features table (+ meta) of Gaussian class clusters: learnable, deterministic. ``split_counts`` maps split ->
+    rows (default: all ``n`` rows in train)."""
+    from sparkdl.data import tables
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 2.0, size=(n_classes, dim))
+    split_counts = split_counts or {"train": n}
+    rows = []
+    i = 0
+    for split, count in split_counts.items():
+        for _ in range(count):
+            label = int(rng.integers(0, n_classes))
+            x = centers[label] + rng.normal(0, 1.0, size=dim)
+            rows.append((f"file:/gen/c{label}/{i:05d}.jpg", f"class{label}", label, split, [float(v) for v in x.astype(np.float32)]))
+            i += 1
+    df = spark.createDataFrame(rows, "path string, label string, label_index int, split string, features array<float>")
+    df.write.mode("overwrite").parquet(uri)
+    tables.write_meta(spark, uri, {"format": "sparkdl.features/1", "labels": [f"class{c}" for c in range(n_classes)],
+                                   "feature_dim": dim, "backbone": {"name": "synthetic", "feature_dim": dim}})  # fmt: skip
+    return {"uri": uri, "rows": rows}

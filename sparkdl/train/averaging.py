@@ -155,8 +155,9 @@ def tree_levels(partitions: int, depth: int) -> int:
     """How many intermediate levels PySpark's ``treeAggregate(depth)`` adds for ``partitions`` partial results."""
     scale = max(int(math.ceil(partitions ** (1.0 / depth))), 2)
     levels = 0
-    while partitions > scale + partitions / scale:
-        partitions = partitions // scale
+    current = float(partitions)
+    while current > scale + current / scale:  # PySpark's loop, float division included
+        current /= scale
         levels += 1
     return levels
 
@@ -194,7 +195,7 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         grouped = train.join(plan, "path").groupBy("round", "worker").applyInArrow(_pack_group, BLOB_SCHEMA)
         key_map = F.create_map(*[F.lit(x) for w, k in keys.items() for x in (w, k)])
         laid_out = (
-            grouped.withColumn("wkey", key_map[F.col("worker")])
+            grouped.withColumn("wkey", key_map[F.col("worker")].cast("long"))  # hashed as the long keys were
             .repartition(self.config.workers, "wkey")
             .sortWithinPartitions("round")
             .drop("wkey")
