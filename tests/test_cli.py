@@ -31,7 +31,7 @@ def one_line_error(stderr: str) -> str:
 def test_help():
     top = run("--help")
     assert top.returncode == 0
-    for cmd in ("demo", "ingest", "featurize"):
+    for cmd in ("demo", "ingest", "featurize", "train", "evaluate", "report"):
         assert cmd in top.stdout
     ingest = run("ingest", "--help")
     assert ingest.returncode == 0
@@ -88,7 +88,7 @@ def test_missing_java_is_explained(tmp_path):
 
 
 def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path):
-    res = run("demo", "--workdir", str(tmp_path / "demo"), "--max-per-class", "3", "--json")
+    res = run("demo", "--workdir", str(tmp_path / "demo"), "--max-per-class", "3", "--epochs", "2", "--json")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["ingest"]["rows_out"] == 30
@@ -97,3 +97,32 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path):
     assert summary["featurize"]["backbone"]["name"] == "efficientnet_lite0"
     assert summary["featurize"]["backbone"]["feature_dim"] == 1280
     assert (tmp_path / "demo" / "features.parquet").is_dir()
+    assert summary["train"]["epochs_run"] == 2
+    assert set(summary["train"]["metrics"]) <= {"train", "valid", "test"}
+    assert (tmp_path / "demo" / "model" / "head.safetensors").is_file()
+    assert summary["report"].endswith("report.html")
+
+
+def test_train_evaluate_report(spark, tmp_path):
+    from datagen import make_features_table
+
+    feats = make_features_table(spark, str(tmp_path / "features.parquet"), n=0, dim=6, n_classes=3, seed=2,
+                                split_counts={"train": 64, "valid": 16, "test": 16})["uri"]  # fmt: skip
+    model = str(tmp_path / "model")
+    tr = run("train", "--features", feats, "--output", model, "--workers", "2", "--epochs", "2",
+             "--batch-size-per-worker", "8", "--averaging-frequency", "2", "--head", "mlp:8", "--optimizer", "adam",
+             "--lr", "0.05", "--json")  # fmt: skip
+    assert tr.returncode == 0, tr.stderr
+    summary = json.loads(tr.stdout)
+    assert summary["epochs_run"] == 2 and set(summary["metrics"]) == {"train", "valid", "test"}
+    assert "train: epoch 2/2 loss" in tr.stderr  # a progress line per epoch
+    ev = run("evaluate", "--model", model, "--features", feats, "--split", "test")
+    assert ev.returncode == 0, ev.stderr
+    assert "evaluate summary" in ev.stdout and "confusion" in ev.stdout
+    rep = run("report", "--model", model, "--json")
+    assert rep.returncode == 0, rep.stderr
+    assert json.loads(rep.stdout)["files"] == ["confusion.png", "epochs.png", "loss.png", "phases.png", "report.html"]
+    again = run("train", "--features", feats, "--output", model, "--quiet")
+    assert again.returncode == 1 and "already exists" in one_line_error(again.stderr)
+    bad = run("train", "--features", feats, "--output", str(tmp_path / "m2"), "--head", "mlp:x", "--quiet")
+    assert bad.returncode == 1 and "hidden sizes must be integers" in one_line_error(bad.stderr)
