@@ -13,18 +13,18 @@ Spark-native fault tolerance: a lost task is retried by Spark and recomputes the
 broadcast and cached rows). With plain SGD and ``averaging_frequency = 1`` one round equals one step of SGD on the
 round's ``workers x batch`` rows (tested exactly).
 
-Data layout per epoch: a (round, worker) -> packed rows table, hash-partitioned so that partition ``w`` holds worker
-``w``'s rows, sorted by round, locally checkpointed (a short plan makes each round's job cheap to plan).
+Data layout per epoch: the rows of each (round, worker) packed into one element (raw float32 / int32 buffers) of a
+cached RDD whose partition ``w`` holds worker ``w``'s packs (identity partitioner); lost partitions are recomputed
+from the lineage (features Parquet -> plan -> pack). A round's task skips the other rounds' packs.
 
-Aggregation: ``treeReduce(depth)``; where Spark's tree would have no intermediate level (few workers), the partial
-results are collected and summed on the driver directly, which is what ``treeReduce`` does in that case, minus one
-Python hop per round.
+Aggregation: ``treeReduce(depth)`` over the workers' results. Where Spark's tree would have no intermediate level
+(up to about 2**depth + 2 workers) the results are collected and summed on the driver, which is what treeReduce does
+in that case, without its extra Python stage.
 """
 from __future__ import annotations
 
 import functools
 import math
-import pickle
 import time
 from typing import Sequence
 
@@ -43,25 +43,8 @@ from sparkdl.train.master import TrainingMaster, TrainResult
 BLOB_SCHEMA = "round int, worker int, n int, dim int, x binary, y binary"
 
 
-def worker_keys(spark, workers: int) -> dict[int, int]:
-    """For each worker ``w`` a key whose Spark hash partition among ``workers`` partitions is ``w``.
-
-    ``repartition(n, col)`` places a row in ``pmod(murmur3(col, 42), n)``, the same function as SQL ``hash``;
-    each task re-checks that it got one worker's rows only, so a change there fails loudly.
-    """
-    from pyspark.sql import functions as F
-
-    rows = (
-        spark.range(0, 64 * workers + 1024)
-        .select("id", F.expr(f"pmod(hash(id), {workers})").alias("p"))
-        .groupBy("p")
-        .agg(F.min("id").alias("key"))
-        .collect()
-    )
-    keys = {int(r["p"]): int(r["key"]) for r in rows}
-    if sorted(keys) != list(range(workers)):
-        raise WorkerFailedError(f"could not find partition keys for {workers} workers")
-    return keys
+def _identity(key: int) -> int:
+    return key
 
 
 def _pack_group(table):
@@ -83,34 +66,32 @@ def _pack_group(table):
     )
 
 
-def _fit_round(batches, *, state_bc):
-    """Executor side: fit this worker's rows of the round, return parameters (+ optimizer state) to be summed."""
-    import pyarrow as pa
+def _fit_round(elements, state_bc, round_index: int):
+    """Executor side: fit this worker's rows of round ``round_index``; yield one payload (parameters, optimizer
+    state, loss, counts) to be summed. ``elements`` are one worker's ``(worker, (round, n, dim, x bytes, y bytes))``
+    pairs for the whole epoch; the other rounds' packs are skipped."""
     import torch
     from pyspark import TaskContext
 
     state = state_bc.value
-    rows = [row for batch in batches for row in batch.to_pylist()]
+    rows = [(k, v[1], v[2], v[3], v[4]) for k, v in elements if v[0] == round_index]
     if not rows:
         return
     ctx = TaskContext.get()
-    workers = {row["worker"] for row in rows}
-    if len(workers) != 1 or (ctx is not None and ctx.partitionId() not in workers):
-        raise WorkerFailedError(
-            f"partition {ctx.partitionId() if ctx else '?'} received rows of workers {sorted(workers)}: "
-            "the per-worker partitioning did not hold"
-        )
-    worker = rows[0]["worker"]
+    workers = {row[0] for row in rows}
+    if len(workers) != 1:
+        raise WorkerFailedError(f"a task received rows of workers {sorted(workers)}: the per-worker layout did not hold")
+    worker = rows[0][0]
     torch.set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
     torch.manual_seed((state["seed"] * 1_000_003 + state["epoch"] * 10_007 + state["round"] * 101 + worker) % 2**63)
     model = state["spec"].build()
     optimizer = build_optimizer(state["optimizer"], model.parameters())
     if state["opt_state"]:
         set_optimizer_state(optimizer, state["opt_state"])
-    x = np.concatenate([np.frombuffer(r["x"], dtype=np.float32).reshape(r["n"], r["dim"]) for r in rows])
-    y = np.concatenate([np.frombuffer(r["y"], dtype=np.int32) for r in rows])
+    x = np.concatenate([np.frombuffer(r[3], dtype=np.float32).reshape(r[1], r[2]) for r in rows])
+    y = np.concatenate([np.frombuffer(r[4], dtype=np.int32) for r in rows])
     stats = fit_minibatches(model, optimizer, x, y, state["batch_size"])
-    payload = {
+    yield {
         "params": get_params(model),
         "opt": get_optimizer_state(optimizer) if state["average_updater_state"] else {},
         "loss_sum": stats.loss_sum,
@@ -120,7 +101,6 @@ def _fit_round(batches, *, state_bc):
         "fit_seconds_max": stats.seconds,
         "workers": 1,
     }
-    yield pa.RecordBatch.from_pydict({"payload": [pickle.dumps(payload, protocol=5)]})
 
 
 def sum_payloads(a: dict, b: dict) -> dict:
@@ -135,20 +115,6 @@ def sum_payloads(a: dict, b: dict) -> dict:
         "fit_seconds_max": max(a["fit_seconds_max"], b["fit_seconds_max"]),
         "workers": a["workers"] + b["workers"],
     }
-
-
-def release_checkpoint(df) -> None:
-    """Free a locally checkpointed DataFrame's blocks now (``unpersist`` does not reach them; the context cleaner
-    would only after a JVM GC, while every epoch checkpoints a full copy of the training rows)."""
-    plan = df._jdf.queryExecution().logical()
-    if plan.getClass().getName().endswith("LogicalRDD"):
-        plan.rdd().unpersist(False)
-
-
-def _retryable(exc: Exception) -> bool:
-    """Lost checkpoint blocks (an executor died) can be rebuilt; our own errors cannot."""
-    text = str(exc)
-    return "checkpoint" in text.lower() or "BlockNotFound" in text or "FetchFailed" in text
 
 
 def tree_levels(partitions: int, depth: int) -> int:
@@ -188,31 +154,30 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
             (F.pmod(F.col("pos"), F.lit(per_round)) % cfg.workers).cast("int").alias("worker"),
         )
 
-    def _epoch_blobs(self, train, epoch: int, keys: dict[int, int]):
-        from pyspark.sql import functions as F
+    def _epoch_blobs(self, train, epoch: int):
+        """The epoch's rows packed per (round, worker), in a cached RDD whose partition ``w`` holds worker ``w``'s
+        packs (identity partitioner). Lost partitions are recomputed from the lineage."""
+        from pyspark import StorageLevel
 
+        workers = self.config.workers
         plan = self.epoch_plan(train, epoch)
         grouped = train.join(plan, "path").groupBy("round", "worker").applyInArrow(_pack_group, BLOB_SCHEMA)
-        key_map = F.create_map(*[F.lit(x) for w, k in keys.items() for x in (w, k)])
-        laid_out = (
-            grouped.withColumn("wkey", key_map[F.col("worker")].cast("long"))  # hashed as the long keys were
-            .repartition(self.config.workers, "wkey")
-            .sortWithinPartitions("round")
-            .drop("wkey")
+        keyed = grouped.rdd.map(
+            lambda row: (row["worker"], (row["round"], row["n"], row["dim"], bytes(row["x"]), bytes(row["y"])))
         )
-        # A local checkpoint truncates the plan: each round's query is then planned in milliseconds instead of
-        # re-analysing join + window + grouping (measured: 0.13 s instead of 0.4 s per round on local[2]). Its blocks
-        # live on the executors; if one is lost the round fails and ``fit`` rebuilds the epoch's layout once.
-        return laid_out.localCheckpoint(eager=True)
+        blobs = keyed.partitionBy(workers, _identity).persist(StorageLevel.MEMORY_AND_DISK)
+        blobs.count()
+        return blobs
 
-    def _run_round(self, blobs, r: int, fn) -> dict:
-        from pyspark.sql import functions as F
-
+    def _run_round(self, blobs, r: int, state_bc) -> dict:
+        """Fit round ``r`` on every worker and sum the results with ``treeReduce(depth)``. Where Spark's tree would
+        add no intermediate level (few workers) the W results are collected and summed on the driver directly, which
+        is what treeReduce does then, minus a second Python stage."""
         cfg = self.config
-        payloads = blobs.filter(F.col("round") == r).select("worker", "n", "dim", "x", "y").mapInArrow(fn, "payload binary")
+        payloads = blobs.mapPartitions(functools.partial(_fit_round, state_bc=state_bc, round_index=r))
         if tree_levels(cfg.workers, cfg.aggregation_depth) == 0:
-            return functools.reduce(sum_payloads, (pickle.loads(row[0]) for row in payloads.collect()))
-        return payloads.rdd.map(lambda row: pickle.loads(row[0])).treeReduce(sum_payloads, depth=cfg.aggregation_depth)
+            return functools.reduce(sum_payloads, payloads.collect())
+        return payloads.treeReduce(sum_payloads, depth=cfg.aggregation_depth)
 
     def fit(self, features, head: nn.Module, n_classes: int, listeners: Sequence[TrainingListener] = ()) -> TrainResult:
         from pyspark.sql import functions as F
@@ -225,7 +190,6 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         dim = info["feature_dim"]
         train = features.filter(F.col("split") == "train").select("path", "label_index", "features")
         valid = features.filter(F.col("split") == "valid").select("features", "label_index")
-        keys = worker_keys(spark, cfg.workers)
         params = get_params(head)
         opt_state: dict[str, np.ndarray] = {}
         rounds_per_epoch = math.ceil(info["train"] / cfg.rows_per_round)
@@ -238,7 +202,7 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         stale_epochs = 0
         for epoch in range(cfg.epochs):
             epoch_start = time.perf_counter()
-            blobs = self._epoch_blobs(train, epoch, keys)
+            blobs = self._epoch_blobs(train, epoch)
             prepare_seconds = time.perf_counter() - epoch_start
             loss_sum, examples = 0.0, 0
             try:
@@ -253,17 +217,11 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                         "seed": cfg.seed,
                         "epoch": epoch,
                         "round": r,
+                        "workers": cfg.workers,
                     }
                     state_bc = sc.broadcast(state)
                     t1 = time.perf_counter()
-                    fn = functools.partial(_fit_round, state_bc=state_bc)
-                    try:
-                        summed = self._run_round(blobs, r, fn)
-                    except Exception as exc:  # e.g. an executor holding checkpointed blocks was lost
-                        if not _retryable(exc):
-                            raise
-                        blobs = self._epoch_blobs(train, epoch, keys)
-                        summed = self._run_round(blobs, r, fn)
+                    summed = self._run_round(blobs, r, state_bc)
                     t2 = time.perf_counter()
                     k = summed["workers"]
                     params = average(summed["params"], k)
@@ -298,7 +256,7 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                     for listener in listeners:
                         listener.on_round(event)
             finally:
-                release_checkpoint(blobs)
+                blobs.unpersist()
             examples_total += examples
             spec = HeadSpec(cfg.head, dim, n_classes, params)
             valid_metrics = evaluate_head(valid, spec, n_classes) if info["valid"] else None

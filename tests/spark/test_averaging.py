@@ -50,10 +50,17 @@ def test_plan_is_balanced_and_covers_every_row(spark, table):
     assert _plan(master, df, 0) == plan  # deterministic
 
 
-def test_plain_sgd_frequency_1_equals_large_batch_sgd(spark, table):
+@pytest.mark.parametrize(
+    "workers, batch, rounds",
+    [
+        (3, 4, 10),  # 60 rows / 12 per round: 5 equal rounds per epoch; the driver sums (no tree level)
+        (8, 1, 16),  # 8 rows per round, a short last round of 4; treeReduce with one intermediate level
+    ],
+)
+def test_plain_sgd_frequency_1_equals_large_batch_sgd(spark, table, workers, batch, rounds):
     """W workers, B rows each, averaging every minibatch, plain SGD == one SGD step on the round's W*B rows."""
     df, _ = read_features(spark, table["uri"])
-    cfg = TrainConfig(workers=3, epochs=2, batch_size_per_worker=4, averaging_frequency=1,
+    cfg = TrainConfig(workers=workers, epochs=2, batch_size_per_worker=batch, averaging_frequency=1, aggregation_depth=2,
                       optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.0), seed=7)  # fmt: skip
     master = ParameterAveragingTrainingMaster(cfg)
     head = build_head(cfg.head, DIM, CLASSES, seed=cfg.seed)
@@ -64,7 +71,7 @@ def test_plain_sgd_frequency_1_equals_large_batch_sgd(spark, table):
     opt = torch.optim.SGD(ref.parameters(), lr=0.1)
     for epoch in range(cfg.epochs):
         plan = _plan(master, df, epoch)
-        for start in range(0, len(plan), cfg.rows_per_round):  # 60 rows / 12 per round: 5 equal rounds
+        for start in range(0, len(plan), cfg.rows_per_round):
             chunk = plan[start : start + cfg.rows_per_round]
             x = torch.from_numpy(np.stack([rows[p[3]][0] for p in chunk]))
             y = torch.tensor([rows[p[3]][1] for p in chunk])
@@ -73,7 +80,7 @@ def test_plain_sgd_frequency_1_equals_large_batch_sgd(spark, table):
             opt.step()
     for k, v in get_params(ref).items():
         np.testing.assert_allclose(result.final_params[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
-    assert result.stats["iterations"] == 10
+    assert result.stats["iterations"] == rounds
 
 
 def test_one_worker_with_state_averaging_equals_local_training(spark, table):
