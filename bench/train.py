@@ -43,7 +43,7 @@ def _train_loop(x, y, xv, yv, xt, yt, n_classes, epochs, batch, lr, momentum, se
     rng = np.random.default_rng(seed)
     best_valid, best_test, examples = -1.0, 0.0, 0
     xs, ys = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         order = rng.permutation(len(x))  # same permutation on every rank; each takes its stride
         order = order[rank::world]
         steps = len(order) // batch if ddp else -(-len(order) // batch)

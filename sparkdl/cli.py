@@ -179,6 +179,7 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
     )
     p.add_argument("--early-stopping-patience", type=_positive_int, default=None, help="stop after N epochs without a better valid accuracy")
     p.add_argument("--seed", type=int, default=42, help="head init, shuffling and dropout seed (default 42)")
+    p.add_argument("--score-every", type=int, default=0, help="print the training loss every N averaging rounds (default: per epoch only)")
 
 
 def _train_config(args) -> TrainConfig:
@@ -194,6 +195,7 @@ def _train_config(args) -> TrainConfig:
         optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr, momentum=args.momentum if args.optimizer != "adam" else 0.0),
         seed=args.seed,
         early_stopping_patience=args.early_stopping_patience,
+        score_every=args.score_every,
     )
 
 

@@ -200,11 +200,12 @@ class TrainConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
     seed: int = 42
     early_stopping_patience: int | None = None
-    score_every: int = 1
+    score_every: int = 0  # report the loss every N rounds (0: one line per epoch only)
 
     def __post_init__(self) -> None:
         _require(self.master in MASTERS, f"master must be one of {MASTERS}, got {self.master!r}")
-        for name in ("workers", "epochs", "batch_size_per_worker", "averaging_frequency", "aggregation_depth", "score_every"):
+        _require(isinstance(self.score_every, int) and self.score_every >= 0, f"score_every must be >= 0, got {self.score_every!r}")
+        for name in ("workers", "epochs", "batch_size_per_worker", "averaging_frequency", "aggregation_depth"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
         _check_optional_positive("early_stopping_patience", self.early_stopping_patience)

@@ -69,7 +69,7 @@ def train_head(
         f"{list(config.head.hidden) or ''} on {dim}-d features, {len(labels)} classes"
     )
     start = time.perf_counter()
-    result = build_master(config).fit(df, head, len(labels), listeners=[events, stats, ScoreListener(say)])
+    result = build_master(config).fit(df, head, len(labels), listeners=[events, stats, ScoreListener(say, every=config.score_every)])
     spec = HeadSpec.from_module(config.head, dim, len(labels), result.head)
     say(f"train: best epoch {result.best_epoch + 1}; evaluating every split")
     per_split = evaluate_splits(df, spec)
