@@ -29,6 +29,21 @@ _EXPORTS = {
     "read_features": "sparkdl.data.features",
     "get_backbone": "sparkdl.featurize.backbones",
     "list_backbones": "sparkdl.featurize.backbones",
+    "HeadConfig": "sparkdl.config",
+    "OptimizerConfig": "sparkdl.config",
+    "TrainConfig": "sparkdl.config",
+    "TrainingMaster": "sparkdl.train.master",
+    "TrainResult": "sparkdl.train.master",
+    "build_master": "sparkdl.train.master",
+    "ParameterAveragingTrainingMaster": "sparkdl.train.averaging",
+    "build_head": "sparkdl.train.head",
+    "train_head": "sparkdl.train.run",
+    "evaluate_model": "sparkdl.train.run",
+    "evaluate_head": "sparkdl.evaluate",
+    "Metrics": "sparkdl.evaluate",
+    "ModelBundle": "sparkdl.bundle",
+    "HeadClassifier": "sparkdl.ml",
+    "HeadClassifierModel": "sparkdl.ml",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

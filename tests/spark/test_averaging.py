@@ -35,6 +35,21 @@ def _plan(master, df, epoch):
     return sorted((r["pos"], r["round"], r["worker"], r["path"]) for r in master.epoch_plan(train, epoch).collect())
 
 
+def _replay(master, df, table, model, opt, step_rows):
+    """The single-process reference: every epoch of the master's own plan, in ``pos`` order, one optimizer step per
+    ``step_rows`` rows (mean cross-entropy)."""
+    rows = _rows_by_path(table)
+    for epoch in range(master.config.epochs):
+        plan = _plan(master, df, epoch)
+        for start in range(0, len(plan), step_rows):
+            chunk = plan[start : start + step_rows]
+            x = torch.from_numpy(np.stack([rows[p[3]][0] for p in chunk]))
+            y = torch.tensor([rows[p[3]][1] for p in chunk])
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+
 def test_plan_is_balanced_and_covers_every_row(spark, table):
     df, _ = read_features(spark, table["uri"])
     master = ParameterAveragingTrainingMaster(TrainConfig(workers=3, batch_size_per_worker=4, averaging_frequency=2))
@@ -67,17 +82,7 @@ def test_plain_sgd_frequency_1_equals_large_batch_sgd(spark, table, workers, bat
     ref = build_head(cfg.head, DIM, CLASSES, seed=cfg.seed)
     result = master.fit(df, head, CLASSES)
 
-    rows = _rows_by_path(table)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    for epoch in range(cfg.epochs):
-        plan = _plan(master, df, epoch)
-        for start in range(0, len(plan), cfg.rows_per_round):
-            chunk = plan[start : start + cfg.rows_per_round]
-            x = torch.from_numpy(np.stack([rows[p[3]][0] for p in chunk]))
-            y = torch.tensor([rows[p[3]][1] for p in chunk])
-            opt.zero_grad()
-            nn.functional.cross_entropy(ref(x), y).backward()
-            opt.step()
+    _replay(master, df, table, ref, torch.optim.SGD(ref.parameters(), lr=0.1), cfg.rows_per_round)
     for k, v in get_params(ref).items():
         np.testing.assert_allclose(result.final_params[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
     assert result.stats["iterations"] == rounds
@@ -91,17 +96,7 @@ def test_one_worker_with_state_averaging_equals_local_training(spark, table):
     master = ParameterAveragingTrainingMaster(cfg)
     result = master.fit(df, build_head(cfg.head, DIM, CLASSES, seed=cfg.seed), CLASSES)
     ref = build_head(cfg.head, DIM, CLASSES, seed=cfg.seed)
-    opt = build_optimizer(cfg.optimizer, ref.parameters())
-    rows = _rows_by_path(table)
-    for epoch in range(cfg.epochs):
-        plan = _plan(master, df, epoch)
-        for start in range(0, len(plan), cfg.batch_size_per_worker):
-            chunk = plan[start : start + cfg.batch_size_per_worker]
-            x = torch.from_numpy(np.stack([rows[p[3]][0] for p in chunk]))
-            y = torch.tensor([rows[p[3]][1] for p in chunk])
-            opt.zero_grad()
-            nn.functional.cross_entropy(ref(x), y).backward()
-            opt.step()
+    _replay(master, df, table, ref, build_optimizer(cfg.optimizer, ref.parameters()), cfg.batch_size_per_worker)
     for k, v in get_params(ref).items():
         np.testing.assert_allclose(result.final_params[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
 
