@@ -60,7 +60,7 @@ class _WorkerModels:
 WORKER_MODELS = _WorkerModels()
 
 
-def _resolve_weights(path: str | None, expected_size: int | None) -> str | None:
+def _shipped_weights_path(path: str | None, expected_size: int | None) -> str | None:
     """On an executor: the copy Spark shipped with ``addFile`` if there is one, else the path as given.
 
     Spark ships a path once per application: a file rewritten in place later in the same session is not shipped
@@ -111,7 +111,7 @@ def featurize_arrow_batches(
         threads = max(1, ctx.cpus() if ctx is not None else 1)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    model = WORKER_MODELS.get(backbone, _resolve_weights(weights, weights_size), random_init)
+    model = WORKER_MODELS.get(backbone, _shipped_weights_path(weights, weights_size), random_init)
     prep = model.preprocess
     dim = model.spec.feature_dim
 

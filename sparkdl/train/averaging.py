@@ -217,7 +217,6 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                         "seed": cfg.seed,
                         "epoch": epoch,
                         "round": r,
-                        "workers": cfg.workers,
                     }
                     state_bc = sc.broadcast(state)
                     t1 = time.perf_counter()
