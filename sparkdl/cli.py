@@ -219,6 +219,16 @@ def _print_summary(title: str, rows: list[tuple[str, object]], payload: dict, as
         print(f"  {key:<{width}}  {value}")
 
 
+def _stage_rows(result) -> list[tuple[str, object]]:
+    """The summary lines every table-writing stage shares (a ``StageResult``)."""
+    return [
+        ("output", result.output_uri),
+        ("rows in / out", f"{result.rows_in} / {result.rows_out}"),
+        ("rejected", f"{result.rows_in - result.rows_out} ({_fmt_counts(result.rejects)}) -> {result.rejects_uri}"),
+        ("splits", _fmt_counts(result.split_counts)),
+    ]
+
+
 def run_ingest(args, say) -> dict:
     from sparkdl.data.images import ingest_images
 
@@ -237,10 +247,7 @@ def run_ingest(args, say) -> dict:
     _print_summary(
         "ingest summary",
         [
-            ("output", result.output_uri),
-            ("rows in / out", f"{result.rows_in} / {result.rows_out}"),
-            ("rejected", f"{result.rows_in - result.rows_out} ({_fmt_counts(result.rejects)}) -> {result.rejects_uri}"),
-            ("splits", _fmt_counts(result.split_counts)),
+            *_stage_rows(result),
             ("classes", f"{len(result.labels)} ({result.label_source}) -> {result.meta_uri}"),
             ("time", f"{result.seconds:.1f} s ({result.rows_per_second:.1f} files/s)"),
         ],
@@ -272,11 +279,8 @@ def run_featurize(args, say) -> dict:
     _print_summary(
         "featurize summary",
         [
-            ("output", result.output_uri),
+            *_stage_rows(result),
             ("backbone", f"{result.backbone['name']} ({result.backbone['feature_dim']}-d, {result.backbone['weights']})"),
-            ("rows in / out", f"{result.rows_in} / {result.rows_out}"),
-            ("rejected", f"{result.rows_in - result.rows_out} ({_fmt_counts(result.rejects)}) -> {result.rejects_uri}"),
-            ("splits", _fmt_counts(result.split_counts)),
             ("time", f"{result.seconds:.1f} s ({result.rows_per_second:.1f} images/s, {result.partitions} partitions)"),
         ],
         payload,

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparkdl.data.arrow import features_matrix
+
 
 @dataclass(frozen=True)
 class Metrics:
@@ -103,24 +105,6 @@ def _evaluate_partition(batches, *, head_bc, n_classes, features_col, label_col)
         top5 += t
         loss += s
     yield pa.RecordBatch.from_pydict({"payload": [pickle.dumps((confusion, top5, loss))]})
-
-
-def features_matrix(column) -> np.ndarray:
-    """An Arrow ``list<float>`` column of equal-length rows -> (rows, dim) float32 matrix (no Python loop)."""
-    import pyarrow as pa
-
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(arr)
-    if n == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    offsets = arr.offsets.to_numpy()
-    lengths = np.diff(offsets)
-    if lengths.min() != lengths.max():
-        from sparkdl.errors import DataError
-
-        raise DataError(f"features of mixed lengths in one batch ({lengths.min()}..{lengths.max()})")
-    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return values.reshape(n, int(lengths[0]))
 
 
 def evaluate_head(df, head_spec, n_classes: int, features_col: str = "features", label_col: str = "label_index") -> Metrics:

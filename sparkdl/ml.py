@@ -87,21 +87,19 @@ def _score_partition(batches, *, spec_bc, features_col):
     import pyarrow as pa
     import torch
 
-    from sparkdl.evaluate import features_matrix
+    from sparkdl.data.arrow import features_matrix, list_column
     from sparkdl.train.local import predict_logits
 
     torch.set_num_threads(1)
     model = spec_bc.value.build()
     for batch in batches:
-        logits = predict_logits(model, features_matrix(batch.column(features_col))) if batch.num_rows else np.zeros((0, 1))
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True)) if batch.num_rows else logits
-        if batch.num_rows:
-            probs /= probs.sum(axis=1, keepdims=True)
-        n, k = probs.shape if batch.num_rows else (0, spec_bc.value.n_classes)
-        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * k)
-        prob_col = pa.ListArray.from_arrays(offsets, pa.array(probs.astype(np.float32).reshape(-1)))
-        pred_col = pa.array(probs.argmax(axis=1).astype(np.float64) if n else np.zeros(0))
-        yield batch.append_column("__prediction", pred_col).append_column("__probability", prob_col)
+        if batch.num_rows == 0:
+            continue
+        logits = predict_logits(model, features_matrix(batch.column(features_col)))
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        pred_col = pa.array(probs.argmax(axis=1).astype(np.float64))
+        yield batch.append_column("__prediction", pred_col).append_column("__probability", list_column(probs))
 
 
 class HeadClassifierModel(Model, _HeadParams):

@@ -21,6 +21,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkdl.config import FeaturizeConfig
 from sparkdl.data import tables
+from sparkdl.data.arrow import list_column
 from sparkdl.data.decode import ImageDecodeError, open_image
 from sparkdl.data.features import FEATURES_COLUMNS, FEATURES_FORMAT, IMAGES_TYPES
 from sparkdl.errors import DataError
@@ -136,8 +137,7 @@ def featurize_arrow_batches(
                 values[good] = out.numpy()
             valid = np.zeros(n, dtype=bool)
             valid[good] = True
-            offsets = pa.array(np.arange(n + 1, dtype=np.int32) * dim)
-            features = pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)), mask=pa.array(~valid))
+            features = list_column(values, valid)
             sliced = batch.slice(start, n)
             columns = [sliced.column(name) for name in keep] + [features, pa.array(errors, type=pa.string())]
             fields = [batch.schema.field(name) for name in keep] + [

@@ -31,13 +31,14 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from sparkdl.config import TrainConfig
 from sparkdl.data.features import validate_features
-from sparkdl.errors import WorkerFailedError
-from sparkdl.evaluate import evaluate_head, features_matrix
+from sparkdl.data.arrow import features_matrix
+from sparkdl.evaluate import evaluate_head
 from sparkdl.train.head import HeadSpec
 from sparkdl.train.listeners import TrainingListener
-from sparkdl.train.local import build_optimizer, fit_minibatches, get_optimizer_state, get_params, set_optimizer_state
+from sparkdl.train.local import (
+    build_optimizer, fit_minibatches, get_optimizer_state, get_params, set_optimizer_state, set_params,
+)  # fmt: skip
 from sparkdl.train.master import TrainingMaster, TrainResult
 
 BLOB_SCHEMA = "round int, worker int, n int, dim int, x binary, y binary"
@@ -74,22 +75,19 @@ def _fit_round(elements, state_bc, round_index: int):
     from pyspark import TaskContext
 
     state = state_bc.value
-    rows = [(k, v[1], v[2], v[3], v[4]) for k, v in elements if v[0] == round_index]
-    if not rows:
+    packs = [(worker, pack) for worker, pack in elements if pack[0] == round_index]
+    if not packs:
         return
+    worker = packs[0][0]  # the identity partitioner puts one worker's packs in each partition
     ctx = TaskContext.get()
-    workers = {row[0] for row in rows}
-    if len(workers) != 1:
-        raise WorkerFailedError(f"a task received rows of workers {sorted(workers)}: the per-worker layout did not hold")
-    worker = rows[0][0]
     torch.set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
     torch.manual_seed((state["seed"] * 1_000_003 + state["epoch"] * 10_007 + state["round"] * 101 + worker) % 2**63)
     model = state["spec"].build()
     optimizer = build_optimizer(state["optimizer"], model.parameters())
     if state["opt_state"]:
         set_optimizer_state(optimizer, state["opt_state"])
-    x = np.concatenate([np.frombuffer(r[3], dtype=np.float32).reshape(r[1], r[2]) for r in rows])
-    y = np.concatenate([np.frombuffer(r[4], dtype=np.int32) for r in rows])
+    x = np.concatenate([np.frombuffer(xb, dtype=np.float32).reshape(n, dim) for _, (_, n, dim, xb, _) in packs])
+    y = np.concatenate([np.frombuffer(yb, dtype=np.int32) for _, (*_, yb) in packs])
     stats = fit_minibatches(model, optimizer, x, y, state["batch_size"])
     yield {
         "params": get_params(model),
@@ -133,9 +131,6 @@ def average(summed: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
 
 
 class ParameterAveragingTrainingMaster(TrainingMaster):
-    def __init__(self, config: TrainConfig) -> None:
-        super().__init__(config)
-
     def epoch_plan(self, train, epoch: int):
         """``path, pos, round, worker`` for every training row in ``epoch``: the shuffled position and where it
         is fitted. Computed on the (path) column only; the public record of which rows meet in which round."""
@@ -195,7 +190,7 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         rounds_per_epoch = math.ceil(info["train"] / cfg.rows_per_round)
         history: list[dict] = []
         best_score, best_epoch, best_params = -math.inf, 0, params
-        bytes_out = bytes_in = 0
+        bytes_each_way = 0  # parameters (+ optimizer state) out to every worker and back, per round
         iteration = 0
         examples_total = 0
         fit_seconds = 0.0
@@ -229,8 +224,7 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                     t3 = time.perf_counter()
                     state_bc.destroy()
                     param_bytes = sum(v.nbytes for v in params.values()) + sum(v.nbytes for v in opt_state.values())
-                    bytes_out += param_bytes * k
-                    bytes_in += param_bytes * k
+                    bytes_each_way += param_bytes * k
                     loss_sum += summed["loss_sum"]
                     examples += summed["examples"]
                     fit_seconds += summed["fit_seconds_max"]
@@ -283,15 +277,15 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                 stale_epochs += 1
                 if cfg.early_stopping_patience is not None and stale_epochs >= cfg.early_stopping_patience:
                     break
-        head.load_state_dict(HeadSpec(cfg.head, dim, n_classes, best_params).build().state_dict())
+        set_params(head, best_params)
         seconds = time.perf_counter() - start
         stats = {
             "examples": examples_total,
             "examples_per_second": examples_total / seconds if seconds > 0 else 0.0,
             "iterations": iteration,
             "rounds_per_epoch": rounds_per_epoch,
-            "bytes_driver_to_workers": bytes_out,
-            "bytes_workers_to_driver": bytes_in,
+            "bytes_driver_to_workers": bytes_each_way,
+            "bytes_workers_to_driver": bytes_each_way,
             "worker_fit_seconds": fit_seconds,
         }
         return TrainResult(
