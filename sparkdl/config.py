@@ -183,6 +183,38 @@ class OptimizerConfig:
 
 
 MASTERS = ("averaging", "sharing")
+TRANSPORTS = ("grpc", "inproc", "aeron")
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """How the workers of one barrier launch talk to each other (see ``sparkdl/transport``).
+
+    ``grpc`` is the production transport; ``inproc`` links threads of one process (``LocalLauncher`` only);
+    ``aeron`` is refused with the reason (no working binding on Python 3.11 / Java 17).
+    """
+
+    name: str = "grpc"
+    max_message_bytes: int = 256 * 1024 * 1024
+    connect_timeout_s: float = 60.0
+    receive_timeout_s: float = 600.0  # a worker waiting longer than this for a peer's message fails the launch
+
+    def __post_init__(self) -> None:
+        _require(self.name in TRANSPORTS, f"transport must be one of {TRANSPORTS}, got {self.name!r}")
+        _require(isinstance(self.max_message_bytes, int) and self.max_message_bytes >= 1024,
+                 f"max_message_bytes must be an integer >= 1024, got {self.max_message_bytes!r}")  # fmt: skip
+        for name in ("connect_timeout_s", "receive_timeout_s"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                     f"{name} must be a positive number of seconds, got {value!r}")  # fmt: skip
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "max_message_bytes": self.max_message_bytes,
+            "connect_timeout_s": self.connect_timeout_s,
+            "receive_timeout_s": self.receive_timeout_s,
+        }
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,50 @@
+"""The launcher contract: ``run(fn, data) -> results in rank order``; ``fn(ctx, rows)`` runs once per rank, all at
+once, with a started and connected transport in ``ctx``."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
+
+from sparkdl.train.collective import Mailbox, tree_allreduce
+from sparkdl.transport.base import Transport
+
+R = TypeVar("R")
+
+
+def _no_report(event: dict) -> None:
+    return None
+
+
+@dataclass
+class WorkerContext:
+    rank: int
+    world: int
+    transport: Transport
+    timeout_s: float  # how long to wait for a peer's message before failing
+    cpus: int = 1  # cores this worker may use (torch threads)
+    report: Callable[[dict], None] = _no_report  # a JSON-able event to the caller's listeners, live
+    mailbox: Mailbox = field(init=False)
+    _barriers: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.mailbox = Mailbox(self.transport, self.timeout_s)
+
+    def barrier(self) -> None:
+        """Every rank waits here until all have arrived: an allreduce of nothing over the tree. (Spark's
+        ``BarrierTaskContext.barrier()`` polls once a second; this takes well under a millisecond.)"""
+        import numpy as np
+
+        self._barriers += 1
+        tree_allreduce(self.mailbox, -self._barriers, [np.zeros(1)], 8)
+
+
+WorkerFn = Callable[[WorkerContext, Iterator], R]
+
+
+class Launcher(ABC):
+    @abstractmethod
+    def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None) -> list:
+        """Run ``fn`` on every rank of ``data`` (one partition / shard per rank); results in rank order.
+        Events a worker passes to ``ctx.report`` reach ``on_event`` on the calling side while the launch runs.
+        A failure on any rank raises ``WorkerFailedError`` naming it."""

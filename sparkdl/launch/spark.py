@@ -1,0 +1,158 @@
+"""SparkBarrierLauncher: one Spark barrier stage, one task per rank, all scheduled together.
+
+Each task starts its transport on its own executor host (an ephemeral port), and learns every peer's address
+(plus rank 0's freshly drawn job secret) through ``BarrierTaskContext.allGather``, so the secret never travels in
+the task closure. After ``fn`` returns, the task flushes its sends and waits at a barrier (over the transport:
+``BarrierTaskContext.barrier()`` polls once a second) before closing, so no rank shuts its server while a peer
+still talks to it. With ``on_event``, the driver runs a receive-only gRPC sink and rank 0's ``ctx.report`` events
+reach it while the stage runs (progress lines, listeners). A failed task fails the stage; Spark retries the whole
+barrier stage (``spark.stage.maxConsecutiveAttempts``), which re-runs every rank from the same inputs.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+import threading
+from typing import Callable
+
+from sparkdl.config import TransportConfig
+from sparkdl.errors import ConfigError, WorkerFailedError
+from sparkdl.launch.base import Launcher, WorkerContext, WorkerFn
+
+
+class _Reporter:
+    """Rank 0's line to the driver's event sink (a client-only gRPC transport)."""
+
+    def __init__(self, sink: tuple[str, str] | None, config: TransportConfig) -> None:
+        self._transport = None
+        self._sequence = 0
+        if sink is not None:
+            from sparkdl.transport.grpc import GrpcTransport
+
+            self._transport = GrpcTransport(0, 2, max_message_bytes=config.max_message_bytes,
+                                            connect_timeout_s=config.connect_timeout_s)  # fmt: skip
+            self._transport.connect(["", sink[0]], sink[1])
+
+    def __call__(self, event: dict) -> None:
+        if self._transport is None:
+            return
+        from sparkdl.transport.base import Kind, UpdateMessage
+
+        self._sequence += 1
+        payload = json.dumps(event).encode()
+        self._transport.send(1, UpdateMessage(Kind.CONTROL, self._sequence, 0, self._sequence, payload))
+
+    def close(self, timeout_s: float) -> None:
+        if self._transport is not None:
+            try:
+                self._transport.flush(timeout_s)
+            finally:
+                self._transport.close()
+
+
+class _EventSink:
+    """A receive-only gRPC server on the driver; a thread hands rank 0's events to ``on_event`` as they come."""
+
+    def __init__(self, host: str, on_event: Callable[[dict], None], config: TransportConfig) -> None:
+        from sparkdl.transport.grpc import GrpcTransport
+
+        self._on_event = on_event
+        self._transport = GrpcTransport(1, 2, host=host, max_message_bytes=config.max_message_bytes)
+        self.address = self._transport.start()
+        self.secret = secrets.token_hex(16)
+        self._transport.connect(["", self.address], self.secret)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="sparkdl-event-sink", daemon=True)
+        self._thread.start()
+        self.errors: list[BaseException] = []
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            self._drain(0.2)
+
+    def _drain(self, timeout_s: float) -> int:
+        msgs = self._transport.receive(timeout_s)
+        for msg in sorted(msgs, key=lambda m: m.step):
+            try:
+                self._on_event(json.loads(msg.payload))
+            except BaseException as e:  # noqa: BLE001 - a listener's bug must not kill the launch
+                self.errors.append(e)
+        return len(msgs)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        while self._drain(0.0):  # rank 0 flushed before its task ended: whatever is left is already here
+            pass
+        self._transport.close()
+
+
+def _barrier_task(rows, fn: WorkerFn, config: TransportConfig, sink: tuple[str, str] | None):
+    from pyspark import BarrierTaskContext
+
+    from sparkdl.transport import build_transport
+
+    ctx = BarrierTaskContext.get()
+    rank = ctx.partitionId()
+    infos = ctx.getTaskInfos()
+    world = len(infos)
+    host = infos[rank].address.rsplit(":", 1)[0]
+    transport = build_transport(config, rank, world, host=host)
+    reporter = _Reporter(sink if rank == 0 else None, config)
+    try:
+        address = transport.start()
+        token = secrets.token_hex(16) if rank == 0 else ""
+        peers = [json.loads(m) for m in ctx.allGather(json.dumps({"address": address, "secret": token}))]
+        transport.connect([p["address"] for p in peers], peers[0]["secret"])
+        wctx = WorkerContext(rank, world, transport, config.receive_timeout_s, cpus=ctx.cpus(), report=reporter)
+        result = fn(wctx, rows)
+        transport.flush(config.receive_timeout_s)
+        reporter.close(config.receive_timeout_s)
+        wctx.barrier()
+    finally:
+        transport.close()
+    yield rank, result
+
+
+class SparkBarrierLauncher(Launcher):
+    def __init__(self, transport: TransportConfig = TransportConfig()) -> None:
+        if transport.name == "inproc":
+            raise ConfigError("the inproc transport cannot link Spark tasks: use --transport grpc")
+        self.transport = transport
+
+    def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None) -> list:
+        """``data``: an RDD with one partition per rank."""
+        sc = data.context
+        world = data.getNumPartitions()
+        task_cpus = int(sc.getConf().get("spark.task.cpus", "1"))
+        slots = sc.defaultParallelism // max(1, task_cpus)
+        if world > slots:
+            raise ConfigError(
+                f"{world} workers need {world} task slots running at once, but this Spark application has about "
+                f"{slots} ({sc.defaultParallelism} cores / spark.task.cpus={task_cpus}): lower --workers or add executors"
+            )
+        sink = None
+        if on_event is not None:
+            sink = _EventSink(sc.getConf().get("spark.driver.host", "127.0.0.1"), on_event, self.transport)
+        task = functools.partial(_barrier_task, fn=fn, config=self.transport,
+                                 sink=(sink.address, sink.secret) if sink else None)  # fmt: skip
+        try:
+            pairs = data.barrier().mapPartitions(task).collect()
+        except Exception as e:
+            raise WorkerFailedError(f"the barrier stage failed: {_python_cause(e)}") from e
+        finally:
+            if sink is not None:
+                sink.close()
+        return [result for _, result in sorted(pairs, key=lambda p: p[0])]
+
+
+def _python_cause(error: Exception) -> str:
+    """The last line of the Python traceback Spark wraps (``SomeError: message``), else the error's first line."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error: " in line or "Exception: " in line:
+            if not line.startswith(("at ", "org.apache", "py4j")):
+                return line
+    return lines[0] if lines else type(error).__name__

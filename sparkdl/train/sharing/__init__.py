@@ -1,0 +1,1 @@
+"""Strom-style threshold-quantized gradient sharing (SharedGradientTrainingMaster) and its parts."""

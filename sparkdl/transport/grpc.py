@@ -1,0 +1,274 @@
+"""GrpcTransport: the production transport. One bidirectional stream per link, raw bytes, no generated code.
+
+- Server: a generic handler for ``/sparkdl.Transport/Stream`` bound to the task's own host on an ephemeral port
+  (never 0.0.0.0). A stream must carry the job secret in its metadata (``sparkdl-secret``) or it is aborted with
+  ``UNAUTHENTICATED`` before any frame is read (a call that comes before this rank's own ``connect`` waits for
+  it, up to ``connect_timeout_s``). Each frame is parsed (magic, length, checksum) before it is put in
+  the inbox, and acknowledged with one byte on the response stream; a malformed frame aborts the stream with
+  ``INVALID_ARGUMENT`` and nothing of it is delivered.
+- Client: one stream per peer, opened on the first send (after ``grpc.channel_ready_future`` within
+  ``connect_timeout_s``); ``send`` only queues. A reader thread counts acknowledgements, so ``flush`` knows when
+  every frame reached its peer's inbox, and turns a failed stream into a ``TransportError`` for the next call.
+- Limits: ``max_message_bytes`` both ways (a larger frame is refused at ``send`` with the limit named), a stream
+  deadline of ``stream_deadline_s``.
+- ``close`` ends the request streams, waits for the readers, closes channels and stops the server: no thread or
+  port outlives it.
+"""
+from __future__ import annotations
+
+import hmac
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import grpc
+
+from sparkdl.errors import TransportError
+from sparkdl.transport.base import Transport, UpdateMessage
+
+SERVICE = "sparkdl.Transport"
+METHOD = f"/{SERVICE}/Stream"
+SECRET_KEY = "sparkdl-secret"
+ACK = b"\x01"
+
+
+class _Abort:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class _Link:
+    """The client end of one stream to one peer."""
+
+    def __init__(self, owner: GrpcTransport, peer: int, address: str) -> None:
+        self.peer = peer
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=owner._options)
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=owner.connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            self.channel.close()
+            raise TransportError(
+                f"rank {owner.rank} cannot reach rank {peer} at {address} within {owner.connect_timeout_s:g} s "
+                "(is a firewall between executors, or did that task die?)"
+            ) from None
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.cond = threading.Condition()
+        self.sent = 0
+        self.acked = 0
+        self.error: TransportError | None = None
+        self.closing = False
+        stream = self.channel.stream_stream(METHOD, request_serializer=None, response_deserializer=None)
+        self.call = stream(
+            self._frames(), metadata=((SECRET_KEY, owner._secret or ""),), timeout=owner.stream_deadline_s
+        )
+        self.reader = threading.Thread(
+            target=self._read_acks, args=(owner.rank,), name=f"sparkdl-grpc-acks-{owner.rank}->{peer}", daemon=True
+        )
+        self.reader.start()
+
+    def _frames(self):
+        while True:
+            frame = self.requests.get()
+            if frame is None:
+                return
+            yield frame
+
+    def _read_acks(self, rank: int) -> None:
+        try:
+            for _ack in self.call:
+                with self.cond:
+                    self.acked += 1
+                    self.cond.notify_all()
+        except grpc.RpcError as e:
+            if not self.closing:
+                self.error = TransportError(
+                    f"link rank {rank} -> rank {self.peer} ({self.address}) failed: {e.code().name}: {e.details()}"
+                )
+        finally:
+            with self.cond:
+                self.closing = True
+                self.cond.notify_all()
+
+    def send(self, frame: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        with self.cond:
+            self.sent += 1
+        self.requests.put(frame)
+
+    def wait_acked(self, deadline: float) -> None:
+        import time
+
+        with self.cond:
+            while self.acked < self.sent and self.error is None and not self.closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportError(
+                        f"rank {self.peer} ({self.address}) acknowledged {self.acked} of {self.sent} messages in time"
+                    )
+                self.cond.wait(left)
+        if self.error is not None:
+            raise self.error
+        if self.acked < self.sent:
+            raise TransportError(f"the stream to rank {self.peer} ({self.address}) ended with messages unacknowledged")
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.reader.join(timeout=10)
+        if self.reader.is_alive():
+            self.closing = True
+            self.call.cancel()
+            self.reader.join(timeout=5)
+        self.channel.close()
+
+
+class GrpcTransport(Transport):
+    name = "grpc"
+
+    def __init__(
+        self,
+        rank: int,
+        world: int,
+        host: str = "127.0.0.1",
+        max_message_bytes: int = 256 * 1024 * 1024,
+        connect_timeout_s: float = 60.0,
+        stream_deadline_s: float = 24 * 3600.0,
+    ) -> None:
+        super().__init__(rank, world)
+        self.host = host
+        self.max_message_bytes = max_message_bytes
+        self.connect_timeout_s = connect_timeout_s
+        self.stream_deadline_s = stream_deadline_s
+        self._options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self._inbox: queue.Queue = queue.Queue()
+        self._server: grpc.Server | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._secret: str | None = None
+        self._addresses: list[str] = []
+        self._links: dict[int, _Link] = {}
+        self._lock = threading.Lock()
+        self._aborted: str | None = None
+        self._closed = False
+        self._connected = threading.Event()
+
+    # -- server side ---------------------------------------------------------------------------------------------
+    def _serve(self, frames, context):
+        metadata = dict(context.invocation_metadata())
+        given = metadata.get(SECRET_KEY, "")
+        self._connected.wait(self.connect_timeout_s)  # a fast peer may call before this rank has the secret
+        if self._secret is None or not hmac.compare_digest(str(given), self._secret):
+            with self._lock:
+                self.stats.rejected += 1
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"rank {self.rank}: wrong or missing job secret")
+        for frame in frames:
+            try:
+                msg = UpdateMessage.from_bytes(frame)
+            except TransportError as e:
+                with self._lock:
+                    self.stats.rejected += 1
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"rank {self.rank}: {e}")
+            with self._lock:
+                self.stats.messages_received += 1
+                self.stats.bytes_received += len(frame)
+            self._inbox.put(msg)
+            yield ACK
+
+    def start(self) -> str:
+        if self._server is not None:
+            raise TransportError("start() called twice")
+        # one thread per incoming stream: at most every other rank links to us
+        self._pool = ThreadPoolExecutor(max_workers=max(2, self.world + 1), thread_name_prefix=f"sparkdl-grpc-{self.rank}")
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE, {"Stream": grpc.stream_stream_rpc_method_handler(self._serve)}
+        )
+        self._server = grpc.server(self._pool, handlers=[handler], options=self._options)
+        try:
+            port = self._server.add_insecure_port(f"{self.host}:0")
+        except RuntimeError as e:
+            raise TransportError(f"cannot bind a gRPC server on {self.host}: {e}") from e
+        if port == 0:
+            raise TransportError(f"cannot bind a gRPC server on {self.host} (no free port, or not this host's address)")
+        self._server.start()
+        return f"{self.host}:{port}"
+
+    # -- client side ---------------------------------------------------------------------------------------------
+    def connect(self, addresses: Sequence[str], secret: str) -> None:
+        if len(addresses) != self.world:
+            raise TransportError(f"expected {self.world} addresses, got {len(addresses)}")
+        self._addresses = list(addresses)
+        self._secret = secret
+        self._connected.set()
+
+    def _link(self, to_rank: int) -> _Link:
+        link = self._links.get(to_rank)
+        if link is None:
+            if not self._addresses:
+                raise TransportError("send before connect(): the launcher has not exchanged addresses yet")
+            link = self._links[to_rank] = _Link(self, to_rank, self._addresses[to_rank])
+        return link
+
+    def send(self, to_rank: int, msg: UpdateMessage) -> None:
+        self._check_peer(to_rank)
+        if self._closed:
+            raise TransportError(f"rank {self.rank} sends after close()")
+        frame = msg.to_bytes(self.rank)
+        if len(frame) > self.max_message_bytes:
+            raise TransportError(
+                f"a {len(frame):,}-byte message exceeds the transport's max_message_bytes={self.max_message_bytes:,}"
+            )
+        self._link(to_rank).send(frame)
+        self.stats.messages_sent += 1
+        self.stats.bytes_sent += len(frame)
+
+    def receive(self, timeout_s: float) -> list[UpdateMessage]:
+        if self._aborted is not None:
+            raise TransportError(self._aborted)
+        out: list[UpdateMessage] = []
+        try:
+            item = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            self._raise_link_errors()
+            return out
+        while True:
+            if isinstance(item, _Abort):
+                self._aborted = item.reason
+                raise TransportError(item.reason)
+            out.append(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return out
+
+    def _raise_link_errors(self) -> None:
+        for link in self._links.values():
+            if link.error is not None:
+                raise link.error
+
+    def flush(self, timeout_s: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        for link in list(self._links.values()):
+            link.wait_acked(deadline)
+
+    def abort(self, reason: str) -> None:
+        self._inbox.put(_Abort(reason))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+        if self._server is not None:
+            self._server.stop(grace=2).wait(10)
+            self._server = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
