@@ -184,6 +184,7 @@ class OptimizerConfig:
 
 MASTERS = ("averaging", "sharing")
 TRANSPORTS = ("grpc", "inproc", "aeron")
+EXECUTIONS = ("barrier", "rounds")
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,14 @@ class TrainConfig:
     seed: int = 42
     early_stopping_patience: int | None = None
     score_every: int = 0  # report the loss every N rounds (0: one line per epoch only)
+    execution: str = "barrier"  # averaging: the whole fit in one barrier stage, or one Spark job per round
+    tree_fanout: int = 8  # children per worker in the tree the workers sum (and share updates) over
+    transport: TransportConfig = TransportConfig()
 
     def __post_init__(self) -> None:
         _require(self.master in MASTERS, f"master must be one of {MASTERS}, got {self.master!r}")
+        _require(self.execution in EXECUTIONS, f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
+        _require(isinstance(self.tree_fanout, int) and self.tree_fanout >= 1, f"tree_fanout must be >= 1, got {self.tree_fanout!r}")
         _require(isinstance(self.score_every, int) and self.score_every >= 0, f"score_every must be >= 0, got {self.score_every!r}")
         for name in ("workers", "epochs", "batch_size_per_worker", "averaging_frequency", "aggregation_depth"):
             value = getattr(self, name)
@@ -244,7 +250,13 @@ class TrainConfig:
 
     @property
     def rows_per_round(self) -> int:
-        return self.workers * self.batch_size_per_worker * self.averaging_frequency
+        """Rows all workers fit between two averagings."""
+        return self.workers * self.worker_rows_per_round
+
+    @property
+    def worker_rows_per_round(self) -> int:
+        """Rows one worker fits between two averagings."""
+        return self.batch_size_per_worker * self.averaging_frequency
 
     def to_json(self) -> dict:
         return {
@@ -259,4 +271,7 @@ class TrainConfig:
             "optimizer": self.optimizer.to_json(),
             "seed": self.seed,
             "early_stopping_patience": self.early_stopping_patience,
+            "execution": self.execution,
+            "tree_fanout": self.tree_fanout,
+            "transport": self.transport.to_json(),
         }

@@ -1,29 +1,33 @@
 """ParameterAveragingTrainingMaster: synchronous parameter averaging on Spark (the Deeplearning4j design).
 
-Per epoch the training rows are shuffled (hash of seed, epoch, path) and cut into rounds of
-``workers x batch_size_per_worker x averaging_frequency`` rows; inside a round, row ``pos`` goes to worker
-``pos mod workers`` (balanced, also in a short last round). Per round:
+**Data layout, once per fit.** Training rows are ordered by a hash of (seed, path) and dealt round-robin to the
+workers: shard ``w`` holds positions ``w, w + W, ...`` (sizes differ by at most one). Each shard is packed into
+raw float32 / int32 buffers in a cached RDD whose partition ``w`` is worker ``w``'s (identity partitioner).
+Per epoch, worker ``w`` visits its shard in the order ``epoch_order(seed, epoch, w, n)``, and round ``r`` is its
+rows ``r*B .. (r+1)*B - 1`` of that order, ``B = batch_size_per_worker x averaging_frequency``. Every round:
 
-1. the driver broadcasts the head's parameters (and the optimizer state when ``average_updater_state``);
-2. each worker fits ``averaging_frequency`` minibatches of ``batch_size_per_worker`` rows, in ``pos`` order;
-3. ``treeReduce(depth)`` sums parameters, optimizer state, loss and counts; the driver divides by the number of
-   workers that took part. Only parameter-sized objects move; the driver never collects features.
+1. every worker starts from the same parameters (and optimizer state when ``average_updater_state``);
+2. fits ``averaging_frequency`` minibatches of ``batch_size_per_worker`` rows;
+3. parameters, optimizer state, loss and counts are summed over the workers that had rows and divided by their
+   number. With plain SGD and ``averaging_frequency = 1`` a round is one SGD step on the round's rows (tested).
 
-Spark-native fault tolerance: a lost task is retried by Spark and recomputes the same update (its inputs are a
-broadcast and cached rows). With plain SGD and ``averaging_frequency = 1`` one round equals one step of SGD on the
-round's ``workers x batch`` rows (tested exactly).
+**Two executions of the same math** (``TrainConfig.execution``):
 
-Data layout per epoch: the rows of each (round, worker) packed into one element (raw float32 / int32 buffers) of a
-cached RDD whose partition ``w`` holds worker ``w``'s packs (identity partitioner); lost partitions are recomputed
-from the lineage (features Parquet -> plan -> pack). A round's task skips the other rounds' packs.
+- ``barrier`` (default): the whole fit is one Spark barrier stage (``SparkBarrierLauncher``); the workers sum
+  over a tree (``tree_fanout``) through the transport (gRPC), so every worker holds the same bits after each round,
+  and each scores its share of ``valid`` at epoch end (the confusion counts are summed the same way). Rank 0
+  streams round / epoch events to the driver while it runs. A failed task fails the stage and Spark re-runs the
+  whole fit. Costs one stage launch per fit instead of one Spark job per round.
+- ``rounds``: one Spark job per round, as DL4J: the driver broadcasts the state, each partition fits its rows and
+  ``treeReduce(depth)`` sums (collected and summed on the driver where Spark's tree would add no level). A lost
+  task is retried alone; per-round job latency (about 0.15 s on local[2]) dominates small heads.
 
-Aggregation: ``treeReduce(depth)`` over the workers' results. Where Spark's tree would have no intermediate level
-(up to about 2**depth + 2 workers) the results are collected and summed on the driver, which is what treeReduce does
-in that case, without its extra Python stage.
+The driver never collects features in either; only parameter-sized objects (and, in ``barrier``, events) move.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import time
 from typing import Sequence
@@ -31,34 +35,53 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from sparkdl.data.features import validate_features
 from sparkdl.data.arrow import features_matrix
-from sparkdl.evaluate import evaluate_head
+from sparkdl.data.features import validate_features
+from sparkdl.errors import DataError
+from sparkdl.evaluate import Metrics, evaluate_head, partial_counts
 from sparkdl.train.head import HeadSpec
 from sparkdl.train.listeners import TrainingListener
 from sparkdl.train.local import (
-    build_optimizer, fit_minibatches, get_optimizer_state, get_params, set_optimizer_state, set_params,
+    FitStats, build_optimizer, fit_minibatches, get_optimizer_state, get_params, predict_logits, set_optimizer_state,
+    set_params,
 )  # fmt: skip
 from sparkdl.train.master import TrainingMaster, TrainResult
 
-BLOB_SCHEMA = "round int, worker int, n int, dim int, x binary, y binary"
+PACK_SCHEMA = "worker int, part string, chunk int, n int, dim int, x binary, y binary"
+PACK_BYTES = 64 * 1024 * 1024  # rows per pack so one Arrow binary value stays far below 2 GiB
 
 
 def _identity(key: int) -> int:
     return key
 
 
+def epoch_order(seed: int, epoch: int, worker: int, n: int) -> np.ndarray:
+    """The order in which ``worker`` visits the ``n`` rows of its shard in ``epoch`` (a seeded permutation)."""
+    return np.random.default_rng([seed % 2**32, epoch, worker]).permutation(n)
+
+
+def round_rows(order: np.ndarray, round_index: int, rows_per_round: int) -> np.ndarray:
+    return order[round_index * rows_per_round : (round_index + 1) * rows_per_round]
+
+
+def _round_seed(seed: int, epoch: int, round_index: int, worker: int) -> int:
+    """Torch seed of one worker's round (dropout): the same in both executions."""
+    return (seed * 1_000_003 + epoch * 10_007 + round_index * 101 + worker) % 2**63
+
+
 def _pack_group(table):
-    """All rows of one (round, worker), in ``pos`` order, packed into one row of raw float32 / int32 buffers."""
+    """One (worker, part, chunk) of a shard, rows in shard order, as raw float32 / int32 buffers in one row."""
     import pyarrow as pa
 
-    table = table.sort_by("pos")
+    table = table.sort_by("local")
     x = features_matrix(table.column("features"))
     y = table.column("label_index").to_numpy().astype(np.int32)
+    first = {name: table.column(name)[0].as_py() for name in ("worker", "part", "chunk")}
     return pa.table(
         {
-            "round": pa.array([table.column("round")[0].as_py()], pa.int32()),
-            "worker": pa.array([table.column("worker")[0].as_py()], pa.int32()),
+            "worker": pa.array([first["worker"]], pa.int32()),
+            "part": pa.array([first["part"]], pa.string()),
+            "chunk": pa.array([first["chunk"]], pa.int32()),
             "n": pa.array([len(y)], pa.int32()),
             "dim": pa.array([x.shape[1]], pa.int32()),
             "x": pa.array([x.tobytes()], pa.binary()),
@@ -67,49 +90,33 @@ def _pack_group(table):
     )
 
 
-def _fit_round(elements, state_bc, round_index: int):
-    """Executor side: fit this worker's rows of round ``round_index``; yield one payload (parameters, optimizer
-    state, loss, counts) to be summed. ``elements`` are one worker's ``(worker, (round, n, dim, x bytes, y bytes))``
-    pairs for the whole epoch; the other rounds' packs are skipped."""
-    import torch
-    from pyspark import TaskContext
+def load_shard(elements) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A worker's packs -> ``{part: (x, y)}`` in shard order."""
+    packs: dict[str, list] = {}
+    for _worker, (part, chunk, n, dim, xb, yb) in elements:
+        packs.setdefault(part, []).append((chunk, n, dim, xb, yb))
+    out = {}
+    for part, chunks in packs.items():
+        chunks.sort(key=lambda c: c[0])
+        x = np.concatenate([np.frombuffer(xb, dtype=np.float32).reshape(n, dim) for _, n, dim, xb, _ in chunks])
+        y = np.concatenate([np.frombuffer(yb, dtype=np.int32) for *_, yb in chunks])
+        out[part] = (x, y)
+    return out
 
-    state = state_bc.value
-    packs = [(worker, pack) for worker, pack in elements if pack[0] == round_index]
-    if not packs:
-        return
-    worker = packs[0][0]  # the identity partitioner puts one worker's packs in each partition
-    ctx = TaskContext.get()
-    torch.set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
-    torch.manual_seed((state["seed"] * 1_000_003 + state["epoch"] * 10_007 + state["round"] * 101 + worker) % 2**63)
-    model = state["spec"].build()
-    optimizer = build_optimizer(state["optimizer"], model.parameters())
-    if state["opt_state"]:
-        set_optimizer_state(optimizer, state["opt_state"])
-    x = np.concatenate([np.frombuffer(xb, dtype=np.float32).reshape(n, dim) for _, (_, n, dim, xb, _) in packs])
-    y = np.concatenate([np.frombuffer(yb, dtype=np.int32) for _, (*_, yb) in packs])
-    stats = fit_minibatches(model, optimizer, x, y, state["batch_size"])
-    yield {
-        "params": get_params(model),
-        "opt": get_optimizer_state(optimizer) if state["average_updater_state"] else {},
-        "loss_sum": stats.loss_sum,
-        "examples": stats.examples,
-        "minibatches": stats.minibatches,
-        "fit_seconds_sum": stats.seconds,
-        "fit_seconds_max": stats.seconds,
-        "workers": 1,
-    }
+
+def _payload_arrays(params: dict, opt: dict, weight: float) -> list[np.ndarray]:
+    """What one worker contributes to a round's sum, in a fixed key order (``weight`` 0 for a worker without rows)."""
+    return [params[k] * weight for k in sorted(params)] + [opt[k] * weight for k in sorted(opt)]
 
 
 def sum_payloads(a: dict, b: dict) -> dict:
-    """Associative, commutative sum of two worker results (the treeReduce operator)."""
+    """Associative, commutative sum of two worker results (the treeReduce operator of the ``rounds`` execution)."""
     return {
         "params": {k: a["params"][k] + b["params"][k] for k in a["params"]},
         "opt": {k: a["opt"][k] + b["opt"][k] for k in a["opt"]},
         "loss_sum": a["loss_sum"] + b["loss_sum"],
         "examples": a["examples"] + b["examples"],
         "minibatches": a["minibatches"] + b["minibatches"],
-        "fit_seconds_sum": a["fit_seconds_sum"] + b["fit_seconds_sum"],
         "fit_seconds_max": max(a["fit_seconds_max"], b["fit_seconds_max"]),
         "workers": a["workers"] + b["workers"],
     }
@@ -130,143 +137,349 @@ def average(summed: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
     return {k: (v / count).astype(v.dtype, copy=False) for k, v in summed.items()}
 
 
+def params_digest(params: dict[str, np.ndarray]) -> str:
+    """A hash of the exact bits of a parameter set (ranks compare theirs in synchronous training)."""
+    h = hashlib.sha256()
+    for k in sorted(params):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(params[k]).tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- rounds execution
+def _fit_round(elements, state_bc, round_index: int):
+    """Executor side, ``rounds`` execution: fit this worker's rows of round ``round_index``; yield one payload."""
+    import torch
+    from pyspark import TaskContext
+
+    state = state_bc.value
+    elements = list(elements)
+    if not elements:
+        return
+    worker = elements[0][0]  # the identity partitioner puts one worker's packs in each partition
+    x, y = load_shard(elements)["train"]
+    idx = round_rows(epoch_order(state["seed"], state["epoch"], worker, len(y)), round_index, state["rows_per_round"])
+    if len(idx) == 0:
+        return
+    ctx = TaskContext.get()
+    torch.set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
+    torch.manual_seed(_round_seed(state["seed"], state["epoch"], round_index, worker))
+    model = state["spec"].build()
+    optimizer = build_optimizer(state["optimizer"], model.parameters())
+    if state["opt_state"]:
+        set_optimizer_state(optimizer, state["opt_state"])
+    stats = fit_minibatches(model, optimizer, x[idx], y[idx], state["batch_size"])
+    yield {
+        "params": get_params(model),
+        "opt": get_optimizer_state(optimizer) if state["average_updater_state"] else {},
+        "loss_sum": stats.loss_sum,
+        "examples": stats.examples,
+        "minibatches": stats.minibatches,
+        "fit_seconds_max": stats.seconds,
+        "workers": 1,
+    }
+
+
+# ------------------------------------------------------------------------------------------ barrier execution
+def _barrier_fit(ctx, elements, state: dict) -> dict:
+    """Executor side, ``barrier`` execution: the whole fit on one rank; sums over the transport's tree."""
+    import torch
+
+    from sparkdl.train.collective import tree_allreduce
+
+    cfg = state["config"]
+    rank, world = ctx.rank, ctx.world
+    torch.set_num_threads(max(1, ctx.cpus))
+    shard = load_shard(elements)
+    x, y = shard.get("train", (np.zeros((0, state["dim"]), np.float32), np.zeros(0, np.int32)))
+    xv, yv = shard.get("valid", (np.zeros((0, state["dim"]), np.float32), np.zeros(0, np.int32)))
+    spec = state["spec"]
+    n_classes = spec.n_classes
+    model = spec.build()
+    opt_state: dict[str, np.ndarray] = {}
+    params = get_params(model)
+    best = {"score": -math.inf, "epoch": 0, "params": params}
+    history: list[dict] = []
+    step = 0
+    stale = 0
+    fanout = cfg.tree_fanout
+    payload_bytes = 0
+    for epoch in range(cfg.epochs):
+        epoch_start = time.perf_counter()
+        order = epoch_order(cfg.seed, epoch, rank, len(y))
+        loss_sum, examples = 0.0, 0
+        for r in range(state["rounds_per_epoch"]):
+            t0 = time.perf_counter()
+            idx = round_rows(order, r, cfg.worker_rows_per_round)
+            set_params(model, params)
+            optimizer = build_optimizer(cfg.optimizer, model.parameters())
+            if opt_state:
+                set_optimizer_state(optimizer, opt_state)
+            stats = FitStats()
+            if len(idx):
+                torch.manual_seed(_round_seed(cfg.seed, epoch, r, rank))
+                stats = fit_minibatches(model, optimizer, x[idx], y[idx], cfg.batch_size_per_worker)
+            mine = get_params(model)
+            mine_opt = get_optimizer_state(optimizer) if cfg.average_updater_state else {}
+            if not mine_opt and opt_state:  # a worker without rows this round keeps the averaged state's shape
+                mine_opt = opt_state
+            weight = 1.0 if len(idx) else 0.0
+            seconds = np.zeros(world)
+            seconds[rank] = stats.seconds
+            counts = np.array([weight, stats.loss_sum, stats.examples, stats.minibatches])
+            arrays = _payload_arrays(mine, mine_opt, weight) + [counts, seconds]
+            t1 = time.perf_counter()
+            total = tree_allreduce(ctx.mailbox, step, arrays, fanout)
+            t2 = time.perf_counter()
+            step += 1
+            payload_bytes = sum(a.nbytes for a in arrays)
+            counts, seconds = total[-2], total[-1]
+            k = int(round(counts[0]))
+            keys, opt_keys = sorted(mine), sorted(mine_opt)
+            params = average(dict(zip(keys, total[: len(keys)])), k)
+            if cfg.average_updater_state and opt_keys:
+                opt_state = average(dict(zip(opt_keys, total[len(keys) : len(keys) + len(opt_keys)])), k)
+            loss_sum += counts[1]
+            examples += int(counts[2])
+            t3 = time.perf_counter()
+            if rank == 0:
+                ctx.report({
+                    "type": "round", "epoch": epoch, "round": r, "iteration": step,
+                    "loss": counts[1] / max(1.0, counts[2]), "lr": cfg.optimizer.lr, "examples": int(counts[2]),
+                    "workers": k, "minibatches": int(counts[3]),
+                    "phases": {"worker_fit": float(seconds.max()), "aggregate": t2 - t1,
+                               "update": (t1 - t0 - stats.seconds) + (t3 - t2)},
+                })  # fmt: skip
+        # score this epoch's parameters on every rank's share of ``valid``; the counts are summed over the tree
+        set_params(model, params)
+        confusion, top5, vloss = partial_counts(predict_logits(model, xv).astype(np.float64), yv, n_classes)
+        total = tree_allreduce(ctx.mailbox, step, [confusion.astype(np.float64), np.array([top5, vloss])], fanout)
+        step += 1
+        valid = Metrics.from_counts(np.rint(total[0]).astype(np.int64), int(round(total[1][0])), float(total[1][1]))
+        seconds = time.perf_counter() - epoch_start
+        record = {
+            "type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": loss_sum / max(1, examples),
+            "examples": examples, "seconds": seconds, "prepare_seconds": 0.0,
+            "examples_per_second": examples / seconds if seconds > 0 else 0.0,
+            "valid_accuracy": valid.accuracy if valid.n else None, "valid_loss": valid.loss if valid.n else None,
+            "valid_macro_f1": valid.macro_f1 if valid.n else None,
+        }  # fmt: skip
+        history.append(record)
+        if rank == 0:
+            ctx.report(record)
+        score = valid.accuracy if valid.n else -record["train_loss"]
+        if score > best["score"]:
+            best, stale = {"score": score, "epoch": epoch, "params": params}, 0
+        else:
+            stale += 1
+            if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
+                break
+    out = {"rank": rank, "digest": params_digest(params), "transport": ctx.transport.stats.to_json(),
+           "rounds": step, "payload_bytes": payload_bytes}  # fmt: skip
+    if rank == 0:
+        out.update(final_params=params, best_params=best["params"], best_epoch=best["epoch"], history=history)
+    return out
+
+
 class ParameterAveragingTrainingMaster(TrainingMaster):
-    def epoch_plan(self, train, epoch: int):
-        """``path, pos, round, worker`` for every training row in ``epoch``: the shuffled position and where it
-        is fitted. Computed on the (path) column only; the public record of which rows meet in which round."""
+    """``launcher`` runs the ``barrier`` execution: a ``SparkBarrierLauncher`` over the config's transport unless
+    given (a ``LocalLauncher`` collects the packed shards to the driver and runs the ranks on this machine)."""
+
+    def __init__(self, config, launcher=None) -> None:
+        super().__init__(config)
+        self.launcher = launcher
+
+    # ------------------------------------------------------------------------------------------------- layout
+    def shard_plan(self, rows):
+        """``path, worker, local``: which worker's shard each row is in, and where in it. Rows are ordered by a
+        hash of (seed, path) and dealt round-robin, so shard sizes differ by at most one."""
         from pyspark.sql import Window
         from pyspark.sql import functions as F
 
         cfg = self.config
-        order = Window.orderBy("u", "path")
-        keyed = train.select("path").withColumn("u", F.xxhash64(F.lit(cfg.seed), F.lit(epoch), F.col("path")))
-        pos = keyed.withColumn("pos", (F.row_number().over(order) - 1).cast("long"))
-        per_round = cfg.rows_per_round
+        keyed = rows.select("path").withColumn("u", F.xxhash64(F.lit(cfg.seed), F.col("path")))
+        pos = keyed.withColumn("pos", (F.row_number().over(Window.orderBy("u", "path")) - 1).cast("long"))
         return pos.select(
             "path",
-            "pos",
-            (F.col("pos") / per_round).cast("int").alias("round"),
-            (F.pmod(F.col("pos"), F.lit(per_round)) % cfg.workers).cast("int").alias("worker"),
+            (F.col("pos") % cfg.workers).cast("int").alias("worker"),
+            (F.col("pos") / cfg.workers).cast("long").alias("local"),
         )
 
-    def _epoch_blobs(self, train, epoch: int):
-        """The epoch's rows packed per (round, worker), in a cached RDD whose partition ``w`` holds worker ``w``'s
-        packs (identity partitioner). Lost partitions are recomputed from the lineage."""
-        from pyspark import StorageLevel
-
-        workers = self.config.workers
-        plan = self.epoch_plan(train, epoch)
-        grouped = train.join(plan, "path").groupBy("round", "worker").applyInArrow(_pack_group, BLOB_SCHEMA)
-        keyed = grouped.rdd.map(
-            lambda row: (row["worker"], (row["round"], row["n"], row["dim"], bytes(row["x"]), bytes(row["y"])))
-        )
-        blobs = keyed.partitionBy(workers, _identity).persist(StorageLevel.MEMORY_AND_DISK)
-        blobs.count()
-        return blobs
-
-    def _run_round(self, blobs, r: int, state_bc) -> dict:
-        """Fit round ``r`` on every worker and sum the results with ``treeReduce(depth)``. Where Spark's tree would
-        add no intermediate level (few workers) the W results are collected and summed on the driver directly, which
-        is what treeReduce does then, minus a second Python stage."""
+    def epoch_plan(self, train, epoch: int) -> list[tuple[int, int, int, str]]:
+        """``(round, worker, index in the worker's round, path)`` for every training row in ``epoch``, sorted.
+        Collects the paths to the driver: for inspection and tests, not used by training."""
         cfg = self.config
-        payloads = blobs.mapPartitions(functools.partial(_fit_round, state_bc=state_bc, round_index=r))
-        if tree_levels(cfg.workers, cfg.aggregation_depth) == 0:
-            return functools.reduce(sum_payloads, payloads.collect())
-        return payloads.treeReduce(sum_payloads, depth=cfg.aggregation_depth)
+        shards: dict[int, list[str]] = {}
+        for row in sorted(self.shard_plan(train).collect(), key=lambda r: (r["worker"], r["local"])):
+            shards.setdefault(row["worker"], []).append(row["path"])
+        plan = []
+        for worker, paths in shards.items():
+            order = epoch_order(cfg.seed, epoch, worker, len(paths))
+            for pos, local in enumerate(order):
+                plan.append((pos // cfg.worker_rows_per_round, worker, pos % cfg.worker_rows_per_round, paths[local]))
+        return sorted(plan)
 
+    def _shards(self, parts: dict, dim: int):
+        """The packed shards: an RDD whose partition ``w`` holds worker ``w``'s ``(worker, (part, chunk, n, dim, x,
+        y))`` elements for every DataFrame in ``parts`` (``{"train": df, "valid": df}``); persisted."""
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        rows_per_pack = max(1, PACK_BYTES // (4 * max(1, dim)))
+        packed = None
+        for part, df in parts.items():
+            plan = self.shard_plan(df).withColumn("part", F.lit(part))
+            plan = plan.withColumn("chunk", (F.col("local") / rows_per_pack).cast("int"))
+            grouped = df.join(plan, "path").groupBy("worker", "part", "chunk").applyInArrow(_pack_group, PACK_SCHEMA)
+            packed = grouped if packed is None else packed.unionByName(grouped)
+        keyed = packed.rdd.map(
+            lambda r: (r["worker"], (r["part"], r["chunk"], r["n"], r["dim"], bytes(r["x"]), bytes(r["y"])))
+        )
+        shards = keyed.partitionBy(self.config.workers, _identity).persist(StorageLevel.MEMORY_AND_DISK)
+        shards.count()
+        return shards
+
+    # -------------------------------------------------------------------------------------------------- fit
     def fit(self, features, head: nn.Module, n_classes: int, listeners: Sequence[TrainingListener] = ()) -> TrainResult:
         from pyspark.sql import functions as F
 
         cfg = self.config
-        spark = features.sparkSession
-        sc = spark.sparkContext
         start = time.perf_counter()
         info = validate_features(features, n_classes)
+        if info["train"] < cfg.workers:
+            raise DataError(
+                f"{info['train']} training rows cannot feed {cfg.workers} workers (each needs at least one): "
+                "lower --workers"
+            )
         dim = info["feature_dim"]
         train = features.filter(F.col("split") == "train").select("path", "label_index", "features")
-        valid = features.filter(F.col("split") == "valid").select("features", "label_index")
+        valid = features.filter(F.col("split") == "valid").select("path", "label_index", "features")
+        rounds_per_epoch = math.ceil(math.ceil(info["train"] / cfg.workers) / cfg.worker_rows_per_round)
+        parts = {"train": train, "valid": valid} if cfg.execution == "barrier" and info["valid"] else {"train": train}
+        shards = self._shards(parts, dim)
+        prepare_seconds = time.perf_counter() - start
+        try:
+            if cfg.execution == "barrier":
+                result = self._fit_barrier(shards, head, dim, n_classes, rounds_per_epoch, listeners)
+            else:
+                result = self._fit_rounds(shards, valid, head, dim, n_classes, info, rounds_per_epoch, listeners)
+        finally:
+            shards.unpersist()
+        result.seconds = time.perf_counter() - start
+        result.stats.update(
+            prepare_seconds=prepare_seconds,
+            rounds_per_epoch=rounds_per_epoch,
+            examples_per_second=result.stats["examples"] / result.seconds if result.seconds > 0 else 0.0,
+            execution=cfg.execution,
+        )
+        return result
+
+    def _fit_barrier(self, shards, head, dim, n_classes, rounds_per_epoch, listeners) -> TrainResult:
+        from sparkdl.launch.spark import SparkBarrierLauncher
+
+        cfg = self.config
+        state = {"config": cfg, "spec": HeadSpec(cfg.head, dim, n_classes, get_params(head)), "dim": dim,
+                 "rounds_per_epoch": rounds_per_epoch}  # fmt: skip
+
+        def dispatch(event: dict) -> None:
+            for listener in listeners:
+                (listener.on_round if event["type"] == "round" else listener.on_epoch)(event)
+
+        fn = functools.partial(_barrier_fit, state=state)
+        if self.launcher is None or isinstance(self.launcher, SparkBarrierLauncher):
+            outs = (self.launcher or SparkBarrierLauncher(cfg.transport)).run(fn, shards, on_event=dispatch)
+        else:
+            outs = self.launcher.run(fn, shards.glom().collect(), on_event=dispatch)
+        head_out = outs[0]
+        digests = {o["digest"] for o in outs}
+        if len(digests) != 1:  # the allreduce hands every rank the root's bits: anything else is a bug
+            raise RuntimeError(f"workers ended with different parameters ({len(digests)} distinct digests)")
+        set_params(head, head_out["best_params"])
+        history = head_out["history"]
+        examples = sum(h["examples"] for h in history)
+        sent = sum(o["transport"]["bytes_sent"] for o in outs)
+        param_bytes = sum(v.nbytes for v in head_out["final_params"].values())
+        stats = {
+            "examples": examples,
+            "iterations": len(history) * rounds_per_epoch,
+            "bytes_between_workers": sent,
+            "bytes_driver_to_workers": param_bytes * cfg.workers,  # the initial head, in the stage's closure
+            "bytes_workers_to_driver": 2 * param_bytes,  # rank 0's final and best parameters
+            "allreduce_payload_bytes": head_out["payload_bytes"],
+            "worker_fit_seconds": None,
+        }
+        return TrainResult(head=head, best_epoch=head_out["best_epoch"], history=history, stats=stats, seconds=0.0,
+                           final_params=head_out["final_params"])  # fmt: skip
+
+    def _run_round(self, shards, r: int, state_bc) -> dict:
+        cfg = self.config
+        payloads = shards.mapPartitions(functools.partial(_fit_round, state_bc=state_bc, round_index=r))
+        if tree_levels(cfg.workers, cfg.aggregation_depth) == 0:
+            return functools.reduce(sum_payloads, payloads.collect())
+        return payloads.treeReduce(sum_payloads, depth=cfg.aggregation_depth)
+
+    def _fit_rounds(self, shards, valid, head, dim, n_classes, info, rounds_per_epoch, listeners) -> TrainResult:
+        cfg = self.config
+        sc = shards.context
         params = get_params(head)
         opt_state: dict[str, np.ndarray] = {}
-        rounds_per_epoch = math.ceil(info["train"] / cfg.rows_per_round)
         history: list[dict] = []
         best_score, best_epoch, best_params = -math.inf, 0, params
         bytes_each_way = 0  # parameters (+ optimizer state) out to every worker and back, per round
-        iteration = 0
-        examples_total = 0
+        iteration = examples_total = stale_epochs = 0
         fit_seconds = 0.0
-        stale_epochs = 0
         for epoch in range(cfg.epochs):
             epoch_start = time.perf_counter()
-            blobs = self._epoch_blobs(train, epoch)
-            prepare_seconds = time.perf_counter() - epoch_start
             loss_sum, examples = 0.0, 0
-            try:
-                for r in range(rounds_per_epoch):
-                    t0 = time.perf_counter()
-                    state = {
-                        "spec": HeadSpec(cfg.head, dim, n_classes, params),
-                        "opt_state": opt_state if cfg.average_updater_state else {},
-                        "optimizer": cfg.optimizer,
-                        "batch_size": cfg.batch_size_per_worker,
-                        "average_updater_state": cfg.average_updater_state,
-                        "seed": cfg.seed,
-                        "epoch": epoch,
-                        "round": r,
-                    }
-                    state_bc = sc.broadcast(state)
-                    t1 = time.perf_counter()
-                    summed = self._run_round(blobs, r, state_bc)
-                    t2 = time.perf_counter()
-                    k = summed["workers"]
-                    params = average(summed["params"], k)
-                    if cfg.average_updater_state:
-                        opt_state = average(summed["opt"], k)
-                    t3 = time.perf_counter()
-                    state_bc.destroy()
-                    param_bytes = sum(v.nbytes for v in params.values()) + sum(v.nbytes for v in opt_state.values())
-                    bytes_each_way += param_bytes * k
-                    loss_sum += summed["loss_sum"]
-                    examples += summed["examples"]
-                    fit_seconds += summed["fit_seconds_max"]
-                    iteration += 1
-                    event = {
-                        "type": "round",
-                        "epoch": epoch,
-                        "round": r,
-                        "iteration": iteration,
-                        "loss": summed["loss_sum"] / max(1, summed["examples"]),
-                        "lr": cfg.optimizer.lr,
-                        "examples": summed["examples"],
-                        "workers": k,
-                        "minibatches": summed["minibatches"],
-                        "phases": {
-                            "broadcast": t1 - t0,
-                            "worker_fit": summed["fit_seconds_max"],
-                            "aggregate": max(0.0, (t2 - t1) - summed["fit_seconds_max"]),
-                            "driver_update": t3 - t2,
-                        },
-                    }
-                    for listener in listeners:
-                        listener.on_round(event)
-            finally:
-                blobs.unpersist()
+            for r in range(rounds_per_epoch):
+                t0 = time.perf_counter()
+                state = {
+                    "spec": HeadSpec(cfg.head, dim, n_classes, params),
+                    "opt_state": opt_state if cfg.average_updater_state else {},
+                    "optimizer": cfg.optimizer,
+                    "batch_size": cfg.batch_size_per_worker,
+                    "rows_per_round": cfg.worker_rows_per_round,
+                    "average_updater_state": cfg.average_updater_state,
+                    "seed": cfg.seed,
+                    "epoch": epoch,
+                }
+                state_bc = sc.broadcast(state)
+                t1 = time.perf_counter()
+                summed = self._run_round(shards, r, state_bc)
+                t2 = time.perf_counter()
+                k = summed["workers"]
+                params = average(summed["params"], k)
+                if cfg.average_updater_state:
+                    opt_state = average(summed["opt"], k)
+                t3 = time.perf_counter()
+                state_bc.destroy()
+                param_bytes = sum(v.nbytes for v in params.values()) + sum(v.nbytes for v in opt_state.values())
+                bytes_each_way += param_bytes * k
+                loss_sum += summed["loss_sum"]
+                examples += summed["examples"]
+                fit_seconds += summed["fit_seconds_max"]
+                iteration += 1
+                event = {
+                    "type": "round", "epoch": epoch, "round": r, "iteration": iteration,
+                    "loss": summed["loss_sum"] / max(1, summed["examples"]), "lr": cfg.optimizer.lr,
+                    "examples": summed["examples"], "workers": k, "minibatches": summed["minibatches"],
+                    "phases": {"broadcast": t1 - t0, "worker_fit": summed["fit_seconds_max"],
+                               "aggregate": max(0.0, (t2 - t1) - summed["fit_seconds_max"]), "update": t3 - t2},
+                }  # fmt: skip
+                for listener in listeners:
+                    listener.on_round(event)
             examples_total += examples
             spec = HeadSpec(cfg.head, dim, n_classes, params)
             valid_metrics = evaluate_head(valid, spec, n_classes) if info["valid"] else None
             epoch_seconds = time.perf_counter() - epoch_start
             record = {
-                "type": "epoch",
-                "epoch": epoch,
-                "epochs": cfg.epochs,
-                "train_loss": loss_sum / max(1, examples),
-                "examples": examples,
-                "seconds": epoch_seconds,
-                "prepare_seconds": prepare_seconds,
+                "type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": loss_sum / max(1, examples),
+                "examples": examples, "seconds": epoch_seconds, "prepare_seconds": 0.0,
                 "examples_per_second": examples / epoch_seconds if epoch_seconds > 0 else 0.0,
                 "valid_accuracy": valid_metrics.accuracy if valid_metrics else None,
                 "valid_loss": valid_metrics.loss if valid_metrics else None,
                 "valid_macro_f1": valid_metrics.macro_f1 if valid_metrics else None,
-            }
+            }  # fmt: skip
             history.append(record)
             for listener in listeners:
                 listener.on_epoch(record)
@@ -278,16 +491,12 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                 if cfg.early_stopping_patience is not None and stale_epochs >= cfg.early_stopping_patience:
                     break
         set_params(head, best_params)
-        seconds = time.perf_counter() - start
         stats = {
             "examples": examples_total,
-            "examples_per_second": examples_total / seconds if seconds > 0 else 0.0,
             "iterations": iteration,
-            "rounds_per_epoch": rounds_per_epoch,
             "bytes_driver_to_workers": bytes_each_way,
             "bytes_workers_to_driver": bytes_each_way,
             "worker_fit_seconds": fit_seconds,
         }
-        return TrainResult(
-            head=head, best_epoch=best_epoch, history=history, stats=stats, seconds=seconds, final_params=params
-        )
+        return TrainResult(head=head, best_epoch=best_epoch, history=history, stats=stats, seconds=0.0,
+                           final_params=params)  # fmt: skip

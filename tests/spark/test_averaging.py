@@ -10,6 +10,7 @@ from sparkdl.config import HeadConfig, OptimizerConfig, TrainConfig
 from sparkdl.data.features import read_features
 from sparkdl.errors import DataError
 from sparkdl.evaluate import evaluate_head, metrics_from_logits
+from sparkdl.launch.local import LocalLauncher
 from sparkdl.train.averaging import ParameterAveragingTrainingMaster
 from sparkdl.train.head import HeadSpec, build_head
 from sparkdl.train.local import build_optimizer, get_params
@@ -31,74 +32,105 @@ def _rows_by_path(table):
 
 
 def _plan(master, df, epoch):
-    train = df.filter("split = 'train'")
-    return sorted((r["pos"], r["round"], r["worker"], r["path"]) for r in master.epoch_plan(train, epoch).collect())
+    return master.epoch_plan(df.filter("split = 'train'"), epoch)
 
 
-def _replay(master, df, table, model, opt, step_rows):
-    """The single-process reference: every epoch of the master's own plan, in ``pos`` order, one optimizer step per
-    ``step_rows`` rows (mean cross-entropy)."""
+def _replay(master, df, table, model, opt):
+    """The single-process reference: every epoch of the master's own plan; in each round, minibatch step ``s``
+    takes rows ``s*B .. (s+1)*B - 1`` of every worker's round together, as one optimizer step (mean cross-entropy).
+    For ``averaging_frequency = 1`` that is one large-batch step per round; for one worker, plain local training."""
     rows = _rows_by_path(table)
-    for epoch in range(master.config.epochs):
+    cfg = master.config
+    b = cfg.batch_size_per_worker
+    for epoch in range(cfg.epochs):
         plan = _plan(master, df, epoch)
-        for start in range(0, len(plan), step_rows):
-            chunk = plan[start : start + step_rows]
-            x = torch.from_numpy(np.stack([rows[p[3]][0] for p in chunk]))
-            y = torch.tensor([rows[p[3]][1] for p in chunk])
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
+        for rnd in sorted({p[0] for p in plan}):
+            in_round = [p for p in plan if p[0] == rnd]
+            for s in range(cfg.averaging_frequency):
+                chunk = [p for p in in_round if s * b <= p[2] < (s + 1) * b]
+                if not chunk:
+                    continue
+                x = torch.from_numpy(np.stack([rows[p[3]][0] for p in chunk]))
+                y = torch.tensor([rows[p[3]][1] for p in chunk])
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
 
 
 def test_plan_is_balanced_and_covers_every_row(spark, table):
     df, _ = read_features(spark, table["uri"])
     master = ParameterAveragingTrainingMaster(TrainConfig(workers=3, batch_size_per_worker=4, averaging_frequency=2))
     plan = _plan(master, df, 0)
-    assert [p[0] for p in plan] == list(range(60))
-    assert len({p[3] for p in plan}) == 60
+    assert len(plan) == 60 and len({p[3] for p in plan}) == 60
     per = {}
-    for _, rnd, worker, _ in plan:
+    for rnd, worker, _, _ in plan:
         per[(rnd, worker)] = per.get((rnd, worker), 0) + 1
-    # 60 rows, 24 per round: rounds 0 and 1 full (8 per worker), round 2 has 12 rows, 4 per worker
+    # 60 rows -> 3 shards of 20; 8 rows per worker per round: rounds 0 and 1 full, round 2 has 4 per worker
     assert per == {**{(r, w): 8 for r in (0, 1) for w in range(3)}, **{(2, w): 4 for w in range(3)}}
-    assert _plan(master, df, 1) != plan  # reshuffled every epoch
+    shards = {w: {p[3] for p in plan if p[1] == w} for w in range(3)}
+    again = _plan(master, df, 1)
+    assert again != plan  # each worker visits its shard in a new order every epoch
+    assert {w: {p[3] for p in again if p[1] == w} for w in range(3)} == shards  # shards are fixed for the fit
     assert _plan(master, df, 0) == plan  # deterministic
 
 
 @pytest.mark.parametrize(
-    "workers, batch, rounds",
+    "workers, batch, rounds, execution, launcher",
     [
-        (3, 4, 10),  # 60 rows / 12 per round: 5 equal rounds per epoch; the driver sums (no tree level)
-        (8, 1, 16),  # 8 rows per round, a short last round of 4; treeReduce with one intermediate level
+        # 60 rows / 12 per round: 5 equal rounds per epoch; the driver sums (no tree level)
+        (3, 4, 10, "rounds", None),
+        # 8 shards of 7-8 rows, 1 row each per round: a short last round of 4; treeReduce with one intermediate level
+        (8, 1, 16, "rounds", None),
+        # the barrier execution: 2 tasks of a real barrier stage summing over gRPC ...
+        (2, 6, 10, "barrier", None),
+        # ... and 8 threads on a tree of fan-out 2 (3 levels), in-process transport
+        (8, 1, 16, "barrier", "local"),
     ],
 )
-def test_plain_sgd_frequency_1_equals_large_batch_sgd(spark, table, workers, batch, rounds):
+def test_plain_sgd_frequency_1_equals_large_batch_sgd(spark, table, workers, batch, rounds, execution, launcher):
     """W workers, B rows each, averaging every minibatch, plain SGD == one SGD step on the round's W*B rows."""
     df, _ = read_features(spark, table["uri"])
     cfg = TrainConfig(workers=workers, epochs=2, batch_size_per_worker=batch, averaging_frequency=1, aggregation_depth=2,
-                      optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.0), seed=7)  # fmt: skip
-    master = ParameterAveragingTrainingMaster(cfg)
+                      optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.0), seed=7, execution=execution,
+                      tree_fanout=2)  # fmt: skip
+    master = ParameterAveragingTrainingMaster(cfg, launcher=LocalLauncher() if launcher == "local" else None)
     head = build_head(cfg.head, DIM, CLASSES, seed=cfg.seed)
     ref = build_head(cfg.head, DIM, CLASSES, seed=cfg.seed)
     result = master.fit(df, head, CLASSES)
 
-    _replay(master, df, table, ref, torch.optim.SGD(ref.parameters(), lr=0.1), cfg.rows_per_round)
+    _replay(master, df, table, ref, torch.optim.SGD(ref.parameters(), lr=0.1))
     for k, v in get_params(ref).items():
         np.testing.assert_allclose(result.final_params[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
     assert result.stats["iterations"] == rounds
 
 
-def test_one_worker_with_state_averaging_equals_local_training(spark, table):
-    """One worker, several minibatches per round, Nesterov momentum carried through the driver == plain local fit."""
+@pytest.mark.parametrize("execution", ["rounds", "barrier"])
+def test_one_worker_with_state_averaging_equals_local_training(spark, table, execution):
+    """One worker, several minibatches per round, Nesterov momentum carried across rounds == plain local fit."""
     df, _ = read_features(spark, table["uri"])
-    cfg = TrainConfig(workers=1, epochs=2, batch_size_per_worker=5, averaging_frequency=3,
+    cfg = TrainConfig(workers=1, epochs=2, batch_size_per_worker=5, averaging_frequency=3, execution=execution,
                       optimizer=OptimizerConfig(name="nesterov", lr=0.05, momentum=0.8), seed=11)  # fmt: skip
     master = ParameterAveragingTrainingMaster(cfg)
     result = master.fit(df, build_head(cfg.head, DIM, CLASSES, seed=cfg.seed), CLASSES)
     ref = build_head(cfg.head, DIM, CLASSES, seed=cfg.seed)
-    _replay(master, df, table, ref, build_optimizer(cfg.optimizer, ref.parameters()), cfg.batch_size_per_worker)
+    _replay(master, df, table, ref, build_optimizer(cfg.optimizer, ref.parameters()))
     for k, v in get_params(ref).items():
         np.testing.assert_allclose(result.final_params[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_both_executions_give_the_same_model(spark, table):
+    """Same plan, same math: the barrier stage (Adam, state averaging, 2 workers, frequency 2) ends where the
+    job-per-round execution does, up to float summation order."""
+    df, _ = read_features(spark, table["uri"])
+    results = {}
+    for execution in ("rounds", "barrier"):
+        cfg = TrainConfig(workers=2, epochs=2, batch_size_per_worker=4, averaging_frequency=2, execution=execution,
+                          optimizer=OptimizerConfig(name="adam", lr=0.01, momentum=0.0), seed=3)  # fmt: skip
+        results[execution] = ParameterAveragingTrainingMaster(cfg).fit(df, build_head(cfg.head, DIM, CLASSES, seed=2), CLASSES)
+    for k, v in results["rounds"].final_params.items():
+        np.testing.assert_allclose(results["barrier"].final_params[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    a, b = results["rounds"].history, results["barrier"].history
+    assert [h["valid_accuracy"] for h in a] == [h["valid_accuracy"] for h in b]
 
 
 def test_learns_and_keeps_the_best_epoch(spark, table):

@@ -49,7 +49,7 @@ def test_optimizer_state_round_trips_and_continues_identically(name):
 def test_sum_and_average_of_worker_payloads():
     def payload(v):
         return {"params": {"w": np.full(3, v, np.float32)}, "opt": {"0.momentum_buffer": np.full(3, 2 * v, np.float32)},
-                "loss_sum": v, "examples": 10, "minibatches": 2, "fit_seconds_sum": v, "fit_seconds_max": v, "workers": 1}  # fmt: skip
+                "loss_sum": v, "examples": 10, "minibatches": 2, "fit_seconds_max": v, "workers": 1}  # fmt: skip
     total = sum_payloads(sum_payloads(payload(1.0), payload(2.0)), payload(6.0))
     assert total["workers"] == 3 and total["examples"] == 30 and total["fit_seconds_max"] == 6.0
     np.testing.assert_array_equal(average(total["params"], 3)["w"], np.full(3, 3.0, np.float32))
