@@ -1,8 +1,10 @@
 """ParameterAveragingTrainingMaster: synchronous parameter averaging on Spark (the Deeplearning4j design).
 
-**Data layout, once per fit.** Training rows are ordered by a hash of (seed, path) and dealt round-robin to the
-workers: shard ``w`` holds positions ``w, w + W, ...`` (sizes differ by at most one). Each shard is packed into
-raw float32 / int32 buffers in a cached RDD whose partition ``w`` is worker ``w``'s (identity partitioner).
+**Data layout, once per fit** (one pass over the features, one shuffle). Training rows are dealt round-robin to
+the workers in scan order (input partition, then row; offsets from the validation pass): shard ``w`` holds
+positions ``w, w + W, ...``, sizes differ by at most one, and a table stored sorted by label still gives every
+worker every label. Each shard is packed into raw float32 / int32 buffers in a cached RDD whose partition ``w`` is
+worker ``w``'s (identity partitioner).
 Per epoch, worker ``w`` visits its shard in the order ``epoch_order(seed, epoch, w, n)``, and round ``r`` is its
 rows ``r*B .. (r+1)*B - 1`` of that order, ``B = batch_size_per_worker x averaging_frequency``. Every round:
 
@@ -47,8 +49,7 @@ from sparkdl.train.local import (
 )  # fmt: skip
 from sparkdl.train.master import TrainingMaster, TrainResult
 
-PACK_SCHEMA = "worker int, part string, chunk int, n int, dim int, x binary, y binary"
-PACK_BYTES = 64 * 1024 * 1024  # rows per pack so one Arrow binary value stays far below 2 GiB
+PACK_SCHEMA = "worker int, part string, chunk long, n int, dim int, x binary, y binary"
 
 
 def _identity(key: int) -> int:
@@ -69,25 +70,64 @@ def _round_seed(seed: int, epoch: int, round_index: int, worker: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + round_index * 101 + worker) % 2**63
 
 
-def _pack_group(table):
-    """One (worker, part, chunk) of a shard, rows in shard order, as raw float32 / int32 buffers in one row."""
-    import pyarrow as pa
+def _deal(batch, part: str, start: int, workers: int):
+    """The rows of ``part`` in one Arrow batch, their global positions from ``start``, and where they go:
+    ``(rows, worker, local)`` with ``worker = pos mod W`` and ``local = pos div W``."""
+    import pyarrow.compute as pc
 
-    table = table.sort_by("local")
-    x = features_matrix(table.column("features"))
-    y = table.column("label_index").to_numpy().astype(np.int32)
-    first = {name: table.column(name)[0].as_py() for name in ("worker", "part", "chunk")}
-    return pa.table(
-        {
-            "worker": pa.array([first["worker"]], pa.int32()),
-            "part": pa.array([first["part"]], pa.string()),
-            "chunk": pa.array([first["chunk"]], pa.int32()),
-            "n": pa.array([len(y)], pa.int32()),
-            "dim": pa.array([x.shape[1]], pa.int32()),
-            "x": pa.array([x.tobytes()], pa.binary()),
-            "y": pa.array([y.tobytes()], pa.binary()),
-        }
-    )
+    rows = batch.filter(pc.equal(batch.column("split"), part))
+    pos = start + np.arange(rows.num_rows, dtype=np.int64)
+    return rows, (pos % workers).astype(np.int32), pos // workers
+
+
+def _partition_starts(per_partition: list[dict], parts: Sequence[str]) -> list[dict[str, int]]:
+    """Global position of each input partition's first row of every part (rows are dealt in scan order)."""
+    starts, running = [], dict.fromkeys(parts, 0)
+    for counts in per_partition:
+        starts.append(dict(running))
+        for part in parts:
+            running[part] += counts[part]
+    return starts
+
+
+def _pack_partition(batches, starts: list[dict[str, int]], workers: int, parts: tuple[str, ...]):
+    """Executor side: deal this input partition's rows to the workers; one packed row per (batch, part, worker)
+    holding its rows in shard order as raw float32 / int32 buffers (``chunk`` = the shard index of the first)."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    next_pos = dict(starts[TaskContext.get().partitionId()])
+    schema = pa.schema([("worker", pa.int32()), ("part", pa.string()), ("chunk", pa.int64()), ("n", pa.int32()),
+                        ("dim", pa.int32()), ("x", pa.binary()), ("y", pa.binary())])  # fmt: skip
+    for batch in batches:
+        for part in parts:
+            rows, worker, local = _deal(batch, part, next_pos[part], workers)
+            next_pos[part] += rows.num_rows
+            if not rows.num_rows:
+                continue
+            x = features_matrix(rows.column("features"))
+            y = rows.column("label_index").to_numpy(zero_copy_only=False).astype(np.int32)
+            out = {name: [] for name in schema.names}
+            for w in np.unique(worker):
+                sel = worker == w
+                for name, value in (("worker", int(w)), ("part", part), ("chunk", int(local[sel][0])),
+                                    ("n", int(sel.sum())), ("dim", x.shape[1]), ("x", x[sel].tobytes()),
+                                    ("y", y[sel].tobytes())):  # fmt: skip
+                    out[name].append(value)
+            yield pa.RecordBatch.from_pydict(out, schema=schema)
+
+
+def _plan_partition(batches, starts: list[dict[str, int]], workers: int, part: str):
+    """Executor side: ``path, worker, local`` of this partition's rows of ``part`` (the same dealing as packing)."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    next_pos = starts[TaskContext.get().partitionId()][part]
+    for batch in batches:
+        rows, worker, local = _deal(batch, part, next_pos, workers)
+        next_pos += rows.num_rows
+        yield pa.RecordBatch.from_arrays([rows.column("path"), pa.array(worker), pa.array(local)],
+                                         names=["path", "worker", "local"])  # fmt: skip
 
 
 def load_shard(elements) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -290,27 +330,21 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         self.launcher = launcher
 
     # ------------------------------------------------------------------------------------------------- layout
-    def shard_plan(self, rows):
-        """``path, worker, local``: which worker's shard each row is in, and where in it. Rows are ordered by a
-        hash of (seed, path) and dealt round-robin, so shard sizes differ by at most one."""
-        from pyspark.sql import Window
-        from pyspark.sql import functions as F
+    def shard_plan(self, features, per_partition: list[dict], part: str = "train"):
+        """``path, worker, local`` for every row of ``part``: rows are dealt round-robin in scan order (input
+        partition, then row), so shard ``w`` holds positions ``w, w + W, ...`` and sizes differ by at most one.
+        ``per_partition`` are ``validate_features(...)['per_partition']`` of the same DataFrame."""
+        starts = _partition_starts(per_partition, ("train", "valid"))
+        fn = functools.partial(_plan_partition, starts=starts, workers=self.config.workers, part=part)
+        return features.select("path", "split").mapInArrow(fn, "path string, worker int, local long")
 
-        cfg = self.config
-        keyed = rows.select("path").withColumn("u", F.xxhash64(F.lit(cfg.seed), F.col("path")))
-        pos = keyed.withColumn("pos", (F.row_number().over(Window.orderBy("u", "path")) - 1).cast("long"))
-        return pos.select(
-            "path",
-            (F.col("pos") % cfg.workers).cast("int").alias("worker"),
-            (F.col("pos") / cfg.workers).cast("long").alias("local"),
-        )
-
-    def epoch_plan(self, train, epoch: int) -> list[tuple[int, int, int, str]]:
+    def epoch_plan(self, features, epoch: int) -> list[tuple[int, int, int, str]]:
         """``(round, worker, index in the worker's round, path)`` for every training row in ``epoch``, sorted.
         Collects the paths to the driver: for inspection and tests, not used by training."""
         cfg = self.config
+        info = validate_features(features, 2**31 - 1)
         shards: dict[int, list[str]] = {}
-        for row in sorted(self.shard_plan(train).collect(), key=lambda r: (r["worker"], r["local"])):
+        for row in sorted(self.shard_plan(features, info["per_partition"]).collect(), key=lambda r: (r["worker"], r["local"])):
             shards.setdefault(row["worker"], []).append(row["path"])
         plan = []
         for worker, paths in shards.items():
@@ -319,19 +353,14 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                 plan.append((pos // cfg.worker_rows_per_round, worker, pos % cfg.worker_rows_per_round, paths[local]))
         return sorted(plan)
 
-    def _shards(self, parts: dict, dim: int):
+    def _shards(self, features, per_partition: list[dict], parts: tuple[str, ...]):
         """The packed shards: an RDD whose partition ``w`` holds worker ``w``'s ``(worker, (part, chunk, n, dim, x,
-        y))`` elements for every DataFrame in ``parts`` (``{"train": df, "valid": df}``); persisted."""
+        y))`` elements of every split in ``parts``; persisted. One pass over the features, one shuffle."""
         from pyspark import StorageLevel
-        from pyspark.sql import functions as F
 
-        rows_per_pack = max(1, PACK_BYTES // (4 * max(1, dim)))
-        packed = None
-        for part, df in parts.items():
-            plan = self.shard_plan(df).withColumn("part", F.lit(part))
-            plan = plan.withColumn("chunk", (F.col("local") / rows_per_pack).cast("int"))
-            grouped = df.join(plan, "path").groupBy("worker", "part", "chunk").applyInArrow(_pack_group, PACK_SCHEMA)
-            packed = grouped if packed is None else packed.unionByName(grouped)
+        starts = _partition_starts(per_partition, ("train", "valid"))
+        fn = functools.partial(_pack_partition, starts=starts, workers=self.config.workers, parts=parts)
+        packed = features.select("split", "label_index", "features").mapInArrow(fn, PACK_SCHEMA)
         keyed = packed.rdd.map(
             lambda r: (r["worker"], (r["part"], r["chunk"], r["n"], r["dim"], bytes(r["x"]), bytes(r["y"])))
         )
@@ -352,11 +381,10 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                 "lower --workers"
             )
         dim = info["feature_dim"]
-        train = features.filter(F.col("split") == "train").select("path", "label_index", "features")
         valid = features.filter(F.col("split") == "valid").select("path", "label_index", "features")
         rounds_per_epoch = math.ceil(math.ceil(info["train"] / cfg.workers) / cfg.worker_rows_per_round)
-        parts = {"train": train, "valid": valid} if cfg.execution == "barrier" and info["valid"] else {"train": train}
-        shards = self._shards(parts, dim)
+        parts = ("train", "valid") if cfg.execution == "barrier" and info["valid"] else ("train",)
+        shards = self._shards(features, info["per_partition"], parts)
         prepare_seconds = time.perf_counter() - start
         try:
             if cfg.execution == "barrier":

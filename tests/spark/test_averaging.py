@@ -32,7 +32,7 @@ def _rows_by_path(table):
 
 
 def _plan(master, df, epoch):
-    return master.epoch_plan(df.filter("split = 'train'"), epoch)
+    return master.epoch_plan(df, epoch)
 
 
 def _replay(master, df, table, model, opt):
