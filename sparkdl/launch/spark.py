@@ -88,8 +88,8 @@ class _EventSink:
         self._transport.close()
 
 
-def _barrier_task(rows, fn: WorkerFn, config: TransportConfig, sink: tuple[str, str] | None):
-    from pyspark import BarrierTaskContext
+def _barrier_task(rows, fn_blob: bytes, config: TransportConfig, sink: tuple[str, str] | None):
+    from pyspark import BarrierTaskContext, cloudpickle
 
     from sparkdl.transport import build_transport
 
@@ -100,13 +100,29 @@ def _barrier_task(rows, fn: WorkerFn, config: TransportConfig, sink: tuple[str, 
     host = infos[rank].address.rsplit(":", 1)[0]
     transport = build_transport(config, rank, world, host=host)
     reporter = _Reporter(sink if rank == 0 else None, config)
+    gather_errors: list[BaseException] = []
+
+    def exchange(address: str) -> None:
+        try:
+            token = secrets.token_hex(16) if rank == 0 else ""
+            peers = [json.loads(m) for m in ctx.allGather(json.dumps({"address": address, "secret": token}))]
+            transport.connect([p["address"] for p in peers], peers[0]["secret"])
+        except BaseException as e:  # noqa: BLE001 - surfaces through the transport and after fn
+            gather_errors.append(e)
+            transport.abort(f"rank {rank}: exchanging addresses failed: {type(e).__name__}: {e}")
+
     try:
         address = transport.start()
-        token = secrets.token_hex(16) if rank == 0 else ""
-        peers = [json.loads(m) for m in ctx.allGather(json.dumps({"address": address, "secret": token}))]
-        transport.connect([p["address"] for p in peers], peers[0]["secret"])
+        # allGather answers after a poll of up to a second: overlap it with fn's own start (shard, model, optimizer);
+        # the first send waits for connect()
+        gather = threading.Thread(target=exchange, args=(address,), name="sparkdl-allgather", daemon=True)
+        gather.start()
+        fn = cloudpickle.loads(fn_blob)  # its imports (torch, ...) run while the exchange waits
         wctx = WorkerContext(rank, world, transport, config.receive_timeout_s, cpus=ctx.cpus(), report=reporter)
         result = fn(wctx, rows)
+        gather.join()
+        if gather_errors:
+            raise gather_errors[0]
         transport.flush(config.receive_timeout_s)
         reporter.close(config.receive_timeout_s)
         wctx.barrier()
@@ -135,7 +151,9 @@ class SparkBarrierLauncher(Launcher):
         sink = None
         if on_event is not None:
             sink = _EventSink(sc.getConf().get("spark.driver.host", "127.0.0.1"), on_event, self.transport)
-        task = functools.partial(_barrier_task, fn=fn, config=self.transport,
+        from pyspark import cloudpickle
+
+        task = functools.partial(_barrier_task, fn_blob=cloudpickle.dumps(fn), config=self.transport,
                                  sink=(sink.address, sink.secret) if sink else None)  # fmt: skip
         try:
             pairs = data.barrier().mapPartitions(task).collect()

@@ -37,11 +37,13 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from sparkdl.data.arrow import features_matrix
 from sparkdl.data.features import validate_features
 from sparkdl.errors import DataError
 from sparkdl.evaluate import Metrics, evaluate_head, partial_counts
 from sparkdl.train.head import HeadSpec
+from sparkdl.train.layout import (
+    PACK_SCHEMA, epoch_order, identity, keyed_pack, load_shard, pack_partition, partition_starts, plan_partition, round_rows, round_seed,
+)  # fmt: skip
 from sparkdl.train.listeners import TrainingListener
 from sparkdl.train.local import (
     FitStats, build_optimizer, fit_minibatches, get_optimizer_state, get_params, predict_logits, set_optimizer_state,
@@ -49,99 +51,6 @@ from sparkdl.train.local import (
 )  # fmt: skip
 from sparkdl.train.master import TrainingMaster, TrainResult
 
-PACK_SCHEMA = "worker int, part string, chunk long, n int, dim int, x binary, y binary"
-
-
-def _identity(key: int) -> int:
-    return key
-
-
-def epoch_order(seed: int, epoch: int, worker: int, n: int) -> np.ndarray:
-    """The order in which ``worker`` visits the ``n`` rows of its shard in ``epoch`` (a seeded permutation)."""
-    return np.random.default_rng([seed % 2**32, epoch, worker]).permutation(n)
-
-
-def round_rows(order: np.ndarray, round_index: int, rows_per_round: int) -> np.ndarray:
-    return order[round_index * rows_per_round : (round_index + 1) * rows_per_round]
-
-
-def _round_seed(seed: int, epoch: int, round_index: int, worker: int) -> int:
-    """Torch seed of one worker's round (dropout): the same in both executions."""
-    return (seed * 1_000_003 + epoch * 10_007 + round_index * 101 + worker) % 2**63
-
-
-def _deal(batch, part: str, start: int, workers: int):
-    """The rows of ``part`` in one Arrow batch, their global positions from ``start``, and where they go:
-    ``(rows, worker, local)`` with ``worker = pos mod W`` and ``local = pos div W``."""
-    import pyarrow.compute as pc
-
-    rows = batch.filter(pc.equal(batch.column("split"), part))
-    pos = start + np.arange(rows.num_rows, dtype=np.int64)
-    return rows, (pos % workers).astype(np.int32), pos // workers
-
-
-def _partition_starts(per_partition: list[dict], parts: Sequence[str]) -> list[dict[str, int]]:
-    """Global position of each input partition's first row of every part (rows are dealt in scan order)."""
-    starts, running = [], dict.fromkeys(parts, 0)
-    for counts in per_partition:
-        starts.append(dict(running))
-        for part in parts:
-            running[part] += counts[part]
-    return starts
-
-
-def _pack_partition(batches, starts: list[dict[str, int]], workers: int, parts: tuple[str, ...]):
-    """Executor side: deal this input partition's rows to the workers; one packed row per (batch, part, worker)
-    holding its rows in shard order as raw float32 / int32 buffers (``chunk`` = the shard index of the first)."""
-    import pyarrow as pa
-    from pyspark import TaskContext
-
-    next_pos = dict(starts[TaskContext.get().partitionId()])
-    schema = pa.schema([("worker", pa.int32()), ("part", pa.string()), ("chunk", pa.int64()), ("n", pa.int32()),
-                        ("dim", pa.int32()), ("x", pa.binary()), ("y", pa.binary())])  # fmt: skip
-    for batch in batches:
-        for part in parts:
-            rows, worker, local = _deal(batch, part, next_pos[part], workers)
-            next_pos[part] += rows.num_rows
-            if not rows.num_rows:
-                continue
-            x = features_matrix(rows.column("features"))
-            y = rows.column("label_index").to_numpy(zero_copy_only=False).astype(np.int32)
-            out = {name: [] for name in schema.names}
-            for w in np.unique(worker):
-                sel = worker == w
-                for name, value in (("worker", int(w)), ("part", part), ("chunk", int(local[sel][0])),
-                                    ("n", int(sel.sum())), ("dim", x.shape[1]), ("x", x[sel].tobytes()),
-                                    ("y", y[sel].tobytes())):  # fmt: skip
-                    out[name].append(value)
-            yield pa.RecordBatch.from_pydict(out, schema=schema)
-
-
-def _plan_partition(batches, starts: list[dict[str, int]], workers: int, part: str):
-    """Executor side: ``path, worker, local`` of this partition's rows of ``part`` (the same dealing as packing)."""
-    import pyarrow as pa
-    from pyspark import TaskContext
-
-    next_pos = starts[TaskContext.get().partitionId()][part]
-    for batch in batches:
-        rows, worker, local = _deal(batch, part, next_pos, workers)
-        next_pos += rows.num_rows
-        yield pa.RecordBatch.from_arrays([rows.column("path"), pa.array(worker), pa.array(local)],
-                                         names=["path", "worker", "local"])  # fmt: skip
-
-
-def load_shard(elements) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A worker's packs -> ``{part: (x, y)}`` in shard order."""
-    packs: dict[str, list] = {}
-    for _worker, (part, chunk, n, dim, xb, yb) in elements:
-        packs.setdefault(part, []).append((chunk, n, dim, xb, yb))
-    out = {}
-    for part, chunks in packs.items():
-        chunks.sort(key=lambda c: c[0])
-        x = np.concatenate([np.frombuffer(xb, dtype=np.float32).reshape(n, dim) for _, n, dim, xb, _ in chunks])
-        y = np.concatenate([np.frombuffer(yb, dtype=np.int32) for *_, yb in chunks])
-        out[part] = (x, y)
-    return out
 
 
 def _payload_arrays(params: dict, opt: dict, weight: float) -> list[np.ndarray]:
@@ -203,7 +112,7 @@ def _fit_round(elements, state_bc, round_index: int):
         return
     ctx = TaskContext.get()
     torch.set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
-    torch.manual_seed(_round_seed(state["seed"], state["epoch"], round_index, worker))
+    torch.manual_seed(round_seed(state["seed"], state["epoch"], round_index, worker))
     model = state["spec"].build()
     optimizer = build_optimizer(state["optimizer"], model.parameters())
     if state["opt_state"]:
@@ -257,7 +166,7 @@ def _barrier_fit(ctx, elements, state: dict) -> dict:
                 set_optimizer_state(optimizer, opt_state)
             stats = FitStats()
             if len(idx):
-                torch.manual_seed(_round_seed(cfg.seed, epoch, r, rank))
+                torch.manual_seed(round_seed(cfg.seed, epoch, r, rank))
                 stats = fit_minibatches(model, optimizer, x[idx], y[idx], cfg.batch_size_per_worker)
             mine = get_params(model)
             mine_opt = get_optimizer_state(optimizer) if cfg.average_updater_state else {}
@@ -334,8 +243,8 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         """``path, worker, local`` for every row of ``part``: rows are dealt round-robin in scan order (input
         partition, then row), so shard ``w`` holds positions ``w, w + W, ...`` and sizes differ by at most one.
         ``per_partition`` are ``validate_features(...)['per_partition']`` of the same DataFrame."""
-        starts = _partition_starts(per_partition, ("train", "valid"))
-        fn = functools.partial(_plan_partition, starts=starts, workers=self.config.workers, part=part)
+        starts = partition_starts(per_partition, ("train", "valid"))
+        fn = functools.partial(plan_partition, starts=starts, workers=self.config.workers, part=part)
         return features.select("path", "split").mapInArrow(fn, "path string, worker int, local long")
 
     def epoch_plan(self, features, epoch: int) -> list[tuple[int, int, int, str]]:
@@ -358,13 +267,11 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         y))`` elements of every split in ``parts``; persisted. One pass over the features, one shuffle."""
         from pyspark import StorageLevel
 
-        starts = _partition_starts(per_partition, ("train", "valid"))
-        fn = functools.partial(_pack_partition, starts=starts, workers=self.config.workers, parts=parts)
+        starts = partition_starts(per_partition, ("train", "valid"))
+        fn = functools.partial(pack_partition, starts=starts, workers=self.config.workers, parts=parts)
         packed = features.select("split", "label_index", "features").mapInArrow(fn, PACK_SCHEMA)
-        keyed = packed.rdd.map(
-            lambda r: (r["worker"], (r["part"], r["chunk"], r["n"], r["dim"], bytes(r["x"]), bytes(r["y"])))
-        )
-        shards = keyed.partitionBy(self.config.workers, _identity).persist(StorageLevel.MEMORY_AND_DISK)
+        keyed = packed.rdd.map(keyed_pack)
+        shards = keyed.partitionBy(self.config.workers, identity).persist(StorageLevel.MEMORY_AND_DISK)
         shards.count()
         return shards
 

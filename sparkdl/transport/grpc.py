@@ -6,7 +6,8 @@
   it, up to ``connect_timeout_s``). Each frame is parsed (magic, length, checksum) before it is put in
   the inbox, and acknowledged with one byte on the response stream; a malformed frame aborts the stream with
   ``INVALID_ARGUMENT`` and nothing of it is delivered.
-- Client: one stream per peer, opened on the first send (after ``grpc.channel_ready_future`` within
+- Client: one stream per peer, opened on the first send (which waits for ``connect`` if the launcher is still
+  exchanging addresses) (after ``grpc.channel_ready_future`` within
   ``connect_timeout_s``); ``send`` only queues. A reader thread counts acknowledgements, so ``flush`` knows when
   every frame reached its peer's inbox, and turns a failed stream into a ``TransportError`` for the next call.
 - Limits: ``max_message_bytes`` both ways (a larger frame is refused at ``send`` with the limit named), a stream
@@ -207,8 +208,11 @@ class GrpcTransport(Transport):
     def _link(self, to_rank: int) -> _Link:
         link = self._links.get(to_rank)
         if link is None:
-            if not self._addresses:
-                raise TransportError("send before connect(): the launcher has not exchanged addresses yet")
+            # the launcher may still be exchanging addresses while the worker prepares: wait for connect()
+            if not self._connected.wait(self.connect_timeout_s):
+                raise TransportError(
+                    f"rank {self.rank} has no peer addresses after {self.connect_timeout_s:g} s (connect() never came)"
+                )
             link = self._links[to_rank] = _Link(self, to_rank, self._addresses[to_rank])
         return link
 
