@@ -38,8 +38,8 @@ def test_train_writes_a_complete_bundle(trained):
     assert bundle.metrics["test"]["accuracy"] == trained.metrics["test"]["accuracy"] >= 0.8
     rounds = [e for e in bundle.events if e["type"] == "round"]
     epochs = [e for e in bundle.events if e["type"] == "epoch"]
-    assert len(epochs) == 3 and len(rounds) == 3 * 3  # 90 rows / (2 x 8 x 2) -> 3 rounds per epoch
-    assert {"broadcast", "worker_fit", "aggregate", "driver_update"} <= set(rounds[0]["phases"])
+    assert len(epochs) == 3 and len(rounds) == 3 * 3  # 90 rows -> 2 shards of 45 / (8 x 2) -> 3 rounds per epoch
+    assert {"worker_fit", "aggregate", "update"} <= set(rounds[0]["phases"])  # barrier: the allreduce aggregates
     assert {"loss", "lr", "examples"} <= set(rounds[0])
     cfg = json.loads((__import__("pathlib").Path(trained.model_dir) / "config.json").read_text())
     assert cfg["backbone"]["name"] == "synthetic" and cfg["training"]["workers"] == 2
