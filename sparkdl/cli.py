@@ -12,7 +12,9 @@ import time
 from dataclasses import asdict
 from typing import Sequence
 
-from sparkdl.config import FeaturizeConfig, HeadConfig, IngestConfig, OptimizerConfig, SessionConfig, TrainConfig
+from sparkdl.config import (
+    FeaturizeConfig, HeadConfig, IngestConfig, OptimizerConfig, SessionConfig, TrainConfig, TransportConfig,
+)  # fmt: skip
 from sparkdl.errors import SparkDLError
 
 
@@ -165,7 +167,21 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
     p.add_argument("--epochs", type=_positive_int, default=epochs, help=f"epochs (default {epochs})")
     p.add_argument("--batch-size-per-worker", type=_positive_int, default=16, help="minibatch per worker (default 16)")
     p.add_argument("--averaging-frequency", type=_positive_int, default=5, help="minibatches between averagings (default 5)")
-    p.add_argument("--aggregation-depth", type=_positive_int, default=2, help="treeAggregate depth (default 2)")
+    p.add_argument(
+        "--execution",
+        default="barrier",
+        choices=["barrier", "rounds"],
+        help="barrier: the whole fit in one Spark barrier stage, workers averaging among themselves over --transport "
+        "(fast); rounds: one Spark job per averaging round, a lost task retried alone (default barrier)",
+    )
+    p.add_argument("--aggregation-depth", type=_positive_int, default=2, help="treeAggregate depth, --execution rounds (default 2)")
+    p.add_argument("--tree-fanout", type=_positive_int, default=8, help="children per worker in the tree workers sum over (default 8)")
+    p.add_argument(
+        "--transport",
+        default="grpc",
+        choices=["grpc", "aeron"],
+        help="how barrier workers talk: grpc (default); aeron is refused with the reason (no binding on Python 3.11)",
+    )
     p.add_argument("--head", default="softmax", help="softmax or mlp:H1,H2,... (default softmax)")
     p.add_argument("--dropout", type=_fraction, default=0.0, help="dropout after each hidden layer of an mlp head")
     p.add_argument("--optimizer", default="nesterov", choices=["sgd", "nesterov", "adam"], help="default nesterov")
@@ -196,6 +212,9 @@ def _train_config(args) -> TrainConfig:
         seed=args.seed,
         early_stopping_patience=args.early_stopping_patience,
         score_every=args.score_every,
+        execution=args.execution,
+        tree_fanout=args.tree_fanout,
+        transport=TransportConfig(name=args.transport),
     )
 
 

@@ -135,6 +135,10 @@ class SparkBarrierLauncher(Launcher):
     def __init__(self, transport: TransportConfig = TransportConfig()) -> None:
         if transport.name == "inproc":
             raise ConfigError("the inproc transport cannot link Spark tasks: use --transport grpc")
+        if transport.name == "aeron":
+            from sparkdl.transport.aeron import unavailable
+
+            raise unavailable()
         self.transport = transport
 
     def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None) -> list:

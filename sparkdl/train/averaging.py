@@ -279,8 +279,12 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
     def fit(self, features, head: nn.Module, n_classes: int, listeners: Sequence[TrainingListener] = ()) -> TrainResult:
         from pyspark.sql import functions as F
 
+        from sparkdl.launch.spark import SparkBarrierLauncher
+
         cfg = self.config
         start = time.perf_counter()
+        if cfg.execution == "barrier" and self.launcher is None:
+            self.launcher = SparkBarrierLauncher(cfg.transport)  # refuses an unusable transport before any work
         info = validate_features(features, n_classes)
         if info["train"] < cfg.workers:
             raise DataError(
@@ -321,8 +325,8 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                 (listener.on_round if event["type"] == "round" else listener.on_epoch)(event)
 
         fn = functools.partial(_barrier_fit, state=state)
-        if self.launcher is None or isinstance(self.launcher, SparkBarrierLauncher):
-            outs = (self.launcher or SparkBarrierLauncher(cfg.transport)).run(fn, shards, on_event=dispatch)
+        if isinstance(self.launcher, SparkBarrierLauncher):
+            outs = self.launcher.run(fn, shards, on_event=dispatch)
         else:
             outs = self.launcher.run(fn, shards.glom().collect(), on_event=dispatch)
         head_out = outs[0]
