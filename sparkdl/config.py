@@ -219,6 +219,39 @@ class TransportConfig:
 
 
 @dataclass(frozen=True)
+class SharingConfig:
+    """The gradient-sharing master's knobs (``--master sharing``; Strom 2015 / DL4J SharedTrainingMaster)."""
+
+    threshold: str = "adaptive"  # adaptive[:T0] | fixed:T | target-sparsity:S
+    residual_clip_k: float = 5.0  # clip the residual to +-k x tau ...
+    residual_clip_every: int = 5  # ... every n steps (0: never)
+    staleness: int = 0  # 0: synchronous, deterministic; k > 0: run up to k steps ahead of the oldest missing update
+
+    def __post_init__(self) -> None:
+        from sparkdl.train.sharing.threshold import parse_threshold
+
+        parse_threshold(self.threshold)  # raises ConfigError naming the accepted forms
+        _require(isinstance(self.residual_clip_k, (int, float)) and self.residual_clip_k > 0,
+                 f"residual clip k must be > 0, got {self.residual_clip_k!r}")  # fmt: skip
+        _require(isinstance(self.residual_clip_every, int) and self.residual_clip_every >= 0,
+                 f"residual clip period must be >= 0 steps (0: never), got {self.residual_clip_every!r}")  # fmt: skip
+        _require(isinstance(self.staleness, int) and self.staleness >= 0, f"staleness must be >= 0, got {self.staleness!r}")
+
+    @classmethod
+    def parse_clip(cls, spec: str) -> tuple[float, int]:
+        """``k:n`` -> (k, n), e.g. ``5:5``."""
+        k, sep, n = spec.partition(":")
+        try:
+            return float(k), int(n) if sep else 5
+        except ValueError:
+            raise ConfigError(f"residual clip must be k:n (e.g. 5:5), got {spec!r}") from None
+
+    def to_json(self) -> dict:
+        return {"threshold": self.threshold, "residual_clip_k": self.residual_clip_k,
+                "residual_clip_every": self.residual_clip_every, "staleness": self.staleness}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """How to train a head on a features table (``split = train``; the best epoch by ``valid`` accuracy is kept)."""
 
@@ -237,6 +270,7 @@ class TrainConfig:
     execution: str = "barrier"  # averaging: the whole fit in one barrier stage, or one Spark job per round
     tree_fanout: int = 8  # children per worker in the tree the workers sum (and share updates) over
     transport: TransportConfig = TransportConfig()
+    sharing: SharingConfig = SharingConfig()
 
     def __post_init__(self) -> None:
         _require(self.master in MASTERS, f"master must be one of {MASTERS}, got {self.master!r}")
@@ -274,4 +308,5 @@ class TrainConfig:
             "execution": self.execution,
             "tree_fanout": self.tree_fanout,
             "transport": self.transport.to_json(),
+            **({"sharing": self.sharing.to_json()} if self.master == "sharing" else {}),
         }

@@ -40,9 +40,10 @@ from torch import nn
 from sparkdl.data.features import validate_features
 from sparkdl.errors import DataError
 from sparkdl.evaluate import Metrics, evaluate_head, partial_counts
+from sparkdl.train.collective import tree_allreduce
 from sparkdl.train.head import HeadSpec
 from sparkdl.train.layout import (
-    PACK_SCHEMA, epoch_order, identity, keyed_pack, load_shard, pack_partition, partition_starts, plan_partition, round_rows, round_seed,
+    build_shards, epoch_order, load_shard, partition_starts, plan_partition, round_rows, round_seed,
 )  # fmt: skip
 from sparkdl.train.listeners import TrainingListener
 from sparkdl.train.local import (
@@ -130,11 +131,34 @@ def _fit_round(elements, state_bc, round_index: int):
 
 
 # ------------------------------------------------------------------------------------------ barrier execution
+def score_valid_shard(mailbox, step: int, model, xv, yv, n_classes: int, fanout: int,
+                      extra: np.ndarray | None = None) -> tuple[Metrics, np.ndarray | None]:  # fmt: skip
+    """Score ``model`` on this rank's share of ``valid`` and sum the confusion counts (plus ``extra``) over the
+    tree: every rank gets the same metrics of the whole split."""
+    confusion, top5, vloss = partial_counts(predict_logits(model, xv).astype(np.float64), yv, n_classes)
+    arrays = [confusion.astype(np.float64), np.array([top5, vloss])] + ([extra] if extra is not None else [])
+    total = tree_allreduce(mailbox, step, arrays, fanout)
+    metrics = Metrics.from_counts(np.rint(total[0]).astype(np.int64), int(round(total[1][0])), float(total[1][1]))
+    return metrics, (total[2] if extra is not None else None)
+
+
+def run_launch(launcher, fn, shards, listeners: Sequence[TrainingListener]) -> list:
+    """Run a barrier-style worker function: on Spark over the shards RDD, or on a local launcher over the collected
+    shards; rank 0's round / epoch events reach ``listeners`` live."""
+    from sparkdl.launch.spark import SparkBarrierLauncher
+
+    def dispatch(event: dict) -> None:
+        for listener in listeners:
+            (listener.on_round if event["type"] == "round" else listener.on_epoch)(event)
+
+    if isinstance(launcher, SparkBarrierLauncher):
+        return launcher.run(fn, shards, on_event=dispatch)
+    return launcher.run(fn, shards.glom().collect(), on_event=dispatch)
+
+
 def _barrier_fit(ctx, elements, state: dict) -> dict:
     """Executor side, ``barrier`` execution: the whole fit on one rank; sums over the transport's tree."""
     import torch
-
-    from sparkdl.train.collective import tree_allreduce
 
     cfg = state["config"]
     rank, world = ctx.rank, ctx.world
@@ -199,12 +223,9 @@ def _barrier_fit(ctx, elements, state: dict) -> dict:
                     "phases": {"worker_fit": float(seconds.max()), "aggregate": t2 - t1,
                                "update": (t1 - t0 - stats.seconds) + (t3 - t2)},
                 })  # fmt: skip
-        # score this epoch's parameters on every rank's share of ``valid``; the counts are summed over the tree
         set_params(model, params)
-        confusion, top5, vloss = partial_counts(predict_logits(model, xv).astype(np.float64), yv, n_classes)
-        total = tree_allreduce(ctx.mailbox, step, [confusion.astype(np.float64), np.array([top5, vloss])], fanout)
+        valid, _ = score_valid_shard(ctx.mailbox, step, model, xv, yv, n_classes, fanout)
         step += 1
-        valid = Metrics.from_counts(np.rint(total[0]).astype(np.int64), int(round(total[1][0])), float(total[1][1]))
         seconds = time.perf_counter() - epoch_start
         record = {
             "type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": loss_sum / max(1, examples),
@@ -262,19 +283,6 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                 plan.append((pos // cfg.worker_rows_per_round, worker, pos % cfg.worker_rows_per_round, paths[local]))
         return sorted(plan)
 
-    def _shards(self, features, per_partition: list[dict], parts: tuple[str, ...]):
-        """The packed shards: an RDD whose partition ``w`` holds worker ``w``'s ``(worker, (part, chunk, n, dim, x,
-        y))`` elements of every split in ``parts``; persisted. One pass over the features, one shuffle."""
-        from pyspark import StorageLevel
-
-        starts = partition_starts(per_partition, ("train", "valid"))
-        fn = functools.partial(pack_partition, starts=starts, workers=self.config.workers, parts=parts)
-        packed = features.select("split", "label_index", "features").mapInArrow(fn, PACK_SCHEMA)
-        keyed = packed.rdd.map(keyed_pack)
-        shards = keyed.partitionBy(self.config.workers, identity).persist(StorageLevel.MEMORY_AND_DISK)
-        shards.count()
-        return shards
-
     # -------------------------------------------------------------------------------------------------- fit
     def fit(self, features, head: nn.Module, n_classes: int, listeners: Sequence[TrainingListener] = ()) -> TrainResult:
         from pyspark.sql import functions as F
@@ -295,7 +303,7 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         valid = features.filter(F.col("split") == "valid").select("path", "label_index", "features")
         rounds_per_epoch = math.ceil(math.ceil(info["train"] / cfg.workers) / cfg.worker_rows_per_round)
         parts = ("train", "valid") if cfg.execution == "barrier" and info["valid"] else ("train",)
-        shards = self._shards(features, info["per_partition"], parts)
+        shards = build_shards(features, info["per_partition"], parts, cfg.workers)
         prepare_seconds = time.perf_counter() - start
         try:
             if cfg.execution == "barrier":
@@ -314,21 +322,11 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         return result
 
     def _fit_barrier(self, shards, head, dim, n_classes, rounds_per_epoch, listeners) -> TrainResult:
-        from sparkdl.launch.spark import SparkBarrierLauncher
-
         cfg = self.config
         state = {"config": cfg, "spec": HeadSpec(cfg.head, dim, n_classes, get_params(head)), "dim": dim,
                  "rounds_per_epoch": rounds_per_epoch}  # fmt: skip
 
-        def dispatch(event: dict) -> None:
-            for listener in listeners:
-                (listener.on_round if event["type"] == "round" else listener.on_epoch)(event)
-
-        fn = functools.partial(_barrier_fit, state=state)
-        if isinstance(self.launcher, SparkBarrierLauncher):
-            outs = self.launcher.run(fn, shards, on_event=dispatch)
-        else:
-            outs = self.launcher.run(fn, shards.glom().collect(), on_event=dispatch)
+        outs = run_launch(self.launcher, functools.partial(_barrier_fit, state=state), shards, listeners)
         head_out = outs[0]
         digests = {o["digest"] for o in outs}
         if len(digests) != 1:  # the allreduce hands every rank the root's bits: anything else is a bug

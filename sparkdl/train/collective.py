@@ -18,9 +18,12 @@ from sparkdl.transport.base import Kind, Transport, UpdateMessage, message_id
 
 
 class Mailbox:
-    def __init__(self, transport: Transport, timeout_s: float) -> None:
+    """``on_arrival(msg)`` runs once for every fresh message as it is pulled off the transport (relaying)."""
+
+    def __init__(self, transport: Transport, timeout_s: float, on_arrival=None) -> None:
         self.transport = transport
         self.timeout_s = timeout_s
+        self.on_arrival = on_arrival
         self._held: dict[tuple[int, int, int], UpdateMessage] = {}
         self._seen: set[int] = set()
         self._sequence = 0
@@ -37,6 +40,8 @@ class Mailbox:
                 self.duplicates += 1
                 continue
             self._seen.add(msg.msg_id)
+            if self.on_arrival is not None:
+                self.on_arrival(msg)
             fresh.append(msg)
         return fresh
 
@@ -59,12 +64,19 @@ class Mailbox:
                     f"rank {self.transport.rank} waited {self.timeout_s:g} s for {kind.name} of step {step} from "
                     f"rank(s) {sorted(wanted)}: they are stuck or gone"
                 )
-            for msg in self._pull(min(left, 1.0)):
-                self._held[(int(msg.kind), msg.step, msg.origin)] = msg
+            self.pull(min(left, 1.0))
 
-    def poll(self) -> list[UpdateMessage]:
-        """Whatever has arrived (not held ones), without waiting."""
-        return self._pull(0.0)
+    def pull(self, timeout_s: float) -> int:
+        """Move what arrives within ``timeout_s`` (at least one message, if any comes) into the held set."""
+        fresh = self._pull(timeout_s)
+        for msg in fresh:
+            self._held[(int(msg.kind), msg.step, msg.origin)] = msg
+        return len(fresh)
+
+    def drain(self, kind: Kind) -> list[UpdateMessage]:
+        """Every held message of ``kind`` (removed from the held set), in (step, origin) order."""
+        keys = sorted(k for k in self._held if k[0] == int(kind))
+        return [self._held.pop(k) for k in keys]
 
 
 def pack(arrays: Sequence[np.ndarray]) -> bytes:

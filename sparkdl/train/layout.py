@@ -109,3 +109,19 @@ def load_shard(elements) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def keyed_pack(row) -> tuple:
     """A packed row -> ``(worker, (part, chunk, n, dim, x bytes, y bytes))`` for ``partitionBy(workers)``."""
     return row["worker"], (row["part"], row["chunk"], row["n"], row["dim"], bytes(row["x"]), bytes(row["y"]))
+
+
+def build_shards(features, per_partition: list[dict], parts: tuple[str, ...], workers: int):
+    """The packed shards: an RDD whose partition ``w`` holds worker ``w``'s ``(worker, (part, chunk, n, dim, x, y))``
+    elements of every split in ``parts``; persisted. One pass over the features, one shuffle. ``per_partition``:
+    ``validate_features(features, ...)['per_partition']``."""
+    import functools
+
+    from pyspark import StorageLevel
+
+    starts = partition_starts(per_partition, ("train", "valid"))
+    fn = functools.partial(pack_partition, starts=starts, workers=workers, parts=parts)
+    packed = features.select("split", "label_index", "features").mapInArrow(fn, PACK_SCHEMA)
+    shards = packed.rdd.map(keyed_pack).partitionBy(workers, identity).persist(StorageLevel.MEMORY_AND_DISK)
+    shards.count()
+    return shards

@@ -41,4 +41,8 @@ def build_master(config: TrainConfig) -> TrainingMaster:
         from sparkdl.train.averaging import ParameterAveragingTrainingMaster
 
         return ParameterAveragingTrainingMaster(config)
-    raise ConfigError(f"training master {config.master!r} is not available in this version (use --master averaging)")
+    if config.master == "sharing":
+        from sparkdl.train.sharing.master import SharedGradientTrainingMaster
+
+        return SharedGradientTrainingMaster(config)
+    raise ConfigError(f"unknown training master {config.master!r} (use averaging or sharing)")
