@@ -47,9 +47,10 @@ def make_caltech_tree(root: Path, per_class: int = 6, bad_files: bool = True) ->
     return {"root": top, "good": sorted(good), "bad": bad}
 
 
-def make_features_table(spark, uri: str, n: int, dim: int, n_classes: int, seed: int = 0, split_counts=None) -> dict:
+def make_features_table(spark, uri: str, n: int, dim: int, n_classes: int, seed: int = 0, split_counts=None,
+                        noise: float = 1.0) -> dict:  # fmt: skip
     """A features table (+ meta) of Gaussian class clusters: learnable, deterministic. ``split_counts`` maps split ->
-    rows (default: all ``n`` rows in train)."""
+    rows (default: all ``n`` rows in train); ``noise`` is the clusters' standard deviation (centers: 2)."""
     from sparkdl.data import tables
 
     rng = np.random.default_rng(seed)
@@ -60,7 +61,7 @@ def make_features_table(spark, uri: str, n: int, dim: int, n_classes: int, seed:
     for split, count in split_counts.items():
         for _ in range(count):
             label = int(rng.integers(0, n_classes))
-            x = centers[label] + rng.normal(0, 1.0, size=dim)
+            x = centers[label] + rng.normal(0, noise, size=dim)
             rows.append((f"file:/gen/c{label}/{i:05d}.jpg", f"class{label}", label, split, [float(v) for v in x.astype(np.float32)]))
             i += 1
     df = spark.createDataFrame(rows, "path string, label string, label_index int, split string, features array<float>")
