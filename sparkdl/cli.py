@@ -13,7 +13,8 @@ from dataclasses import asdict
 from typing import Sequence
 
 from sparkdl.config import (
-    FeaturizeConfig, HeadConfig, IngestConfig, OptimizerConfig, SessionConfig, TrainConfig, TransportConfig,
+    FeaturizeConfig, HeadConfig, IngestConfig, OptimizerConfig, SessionConfig, SharingConfig, TrainConfig,
+    TransportConfig,
 )  # fmt: skip
 from sparkdl.errors import SparkDLError
 
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="end-to-end run on the embedded default (scikit-learn's digits, EfficientNet-Lite0), no download",
         description="Write scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes) as an "
         "image-folder tree, ingest and featurize them with the embedded pretrained EfficientNet-Lite0, train a "
-        "softmax head with the parameter-averaging master, evaluate on the test split and write the report, all "
+        "softmax head with the parameter-averaging master (or --master sharing), evaluate on the test split and write the report, all "
         "on local Spark.",
     )
     demo.add_argument("--workdir", default="sparkdl-work/demo", help="where the demo writes (default sparkdl-work/demo)")
@@ -162,7 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
-    p.add_argument("--master", dest="training_master", default="averaging", choices=["averaging"], help="training master (default averaging)")
+    p.add_argument(
+        "--master",
+        dest="training_master",
+        default="averaging",
+        choices=["averaging", "sharing"],
+        help="averaging: parameter averaging (DL4J ParameterAveragingTrainingMaster); sharing: threshold-quantized "
+        "gradient sharing over a tree of workers (Strom 2015, DL4J SharedTrainingMaster) (default averaging)",
+    )
     p.add_argument("--workers", type=_positive_int, default=2, help="data-parallel workers (default 2)")
     p.add_argument("--epochs", type=_positive_int, default=epochs, help=f"epochs (default {epochs})")
     p.add_argument("--batch-size-per-worker", type=_positive_int, default=16, help="minibatch per worker (default 16)")
@@ -182,6 +190,13 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
         choices=["grpc", "aeron"],
         help="how barrier workers talk: grpc (default); aeron is refused with the reason (no binding on Python 3.11)",
     )
+    p.add_argument(
+        "--threshold",
+        default="adaptive",
+        help="sharing: adaptive[:T0] (keep 1e-4..1e-2 of the entries sent), fixed:T or target-sparsity:S (default adaptive)",
+    )
+    p.add_argument("--residual-clip", default="5:5", help="sharing: clip the residual to +-k x tau every n steps, k:n (default 5:5; k:0 never)")
+    p.add_argument("--staleness", type=int, default=0, help="sharing: 0 synchronous and deterministic; k > 0 up to k steps ahead (default 0)")
     p.add_argument("--head", default="softmax", help="softmax or mlp:H1,H2,... (default softmax)")
     p.add_argument("--dropout", type=_fraction, default=0.0, help="dropout after each hidden layer of an mlp head")
     p.add_argument("--optimizer", default="nesterov", choices=["sgd", "nesterov", "adam"], help="default nesterov")
@@ -215,7 +230,13 @@ def _train_config(args) -> TrainConfig:
         execution=args.execution,
         tree_fanout=args.tree_fanout,
         transport=TransportConfig(name=args.transport),
+        sharing=_sharing_config(args),
     )
+
+
+def _sharing_config(args) -> SharingConfig:
+    k, every = SharingConfig.parse_clip(args.residual_clip)
+    return SharingConfig(threshold=args.threshold, residual_clip_k=k, residual_clip_every=every, staleness=args.staleness)
 
 
 def _session(args):

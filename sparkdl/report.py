@@ -22,7 +22,7 @@ def plot_loss(events: list[dict], path: Path) -> None:
     rounds = [e for e in events if e.get("type") == "round"]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([e["iteration"] for e in rounds], [e["loss"] for e in rounds], lw=1)
-    ax.set(xlabel="iteration (averaging round)", ylabel="training loss (cross-entropy)", title="Loss per iteration")
+    ax.set(xlabel="iteration (averaging round / sharing step)", ylabel="training loss (cross-entropy)", title="Loss per iteration")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -66,6 +66,27 @@ def plot_phases(events: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_sharing(events: list[dict], path: Path) -> None:
+    """Gradient sharing: the threshold, the fraction of entries sent and the message size per step (rank 0)."""
+    plt = _plt()
+    steps = [e for e in events if e.get("type") == "round" and "tau" in e]
+    x = [e["iteration"] for e in steps]
+    fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+    axes[0].semilogy(x, [e["tau"] for e in steps], lw=1)
+    axes[0].set(ylabel="threshold tau", title="Gradient sharing (rank 0)")
+    axes[1].semilogy(x, [max(e["sent_fraction"], 1e-9) for e in steps], lw=1, color="tab:orange")
+    axes[1].set(ylabel="fraction sent")
+    axes[2].plot(x, [e["message_bytes"] for e in steps], lw=1, color="tab:green", label="message bytes")
+    axes[2].plot(x, [e["residual_norm"] for e in steps], lw=1, color="tab:red", label="residual norm")
+    axes[2].set(xlabel="step", yscale="log")
+    axes[2].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, title: str) -> None:
     import numpy as np
 
@@ -87,7 +108,8 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, ti
 
 
 def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write ``loss.png``, ``epochs.png``, ``phases.png``, ``confusion.png`` and ``report.html``; returns the HTML."""
+    """Write ``loss.png``, ``epochs.png``, ``phases.png``, ``confusion.png`` (+ ``sharing.png`` for the sharing
+    master) and ``report.html``; returns the HTML."""
     bundle = ModelBundle.load(model_dir)
     out = Path(out_dir) if out_dir else Path(model_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +119,9 @@ def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Pa
         plot_accuracy(bundle.events, out / "epochs.png")
         plot_phases(bundle.events, out / "phases.png")
         figures += [("Training loss", "loss.png"), ("Per epoch", "epochs.png"), ("Phase timings", "phases.png")]
+        if any("tau" in e for e in bundle.events):
+            plot_sharing(bundle.events, out / "sharing.png")
+            figures.append(("Gradient sharing", "sharing.png"))
     split = next((s for s in ("test", "valid", "train") if s in bundle.metrics), None)
     if split:
         plot_confusion(bundle.metrics[split]["confusion"], bundle.labels, out / "confusion.png", f"Confusion matrix ({split})")
@@ -110,7 +135,10 @@ def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Pa
                 f"<td>{m['macro_precision']:.4f}</td><td>{m['macro_recall']:.4f}</td><td>{m['macro_f1']:.4f}</td></tr>"
             )
     facts = {k: bundle.metrics.get(k) for k in ("best_epoch", "epochs_run", "wall_seconds", "examples_per_second",
-                                                "bytes_driver_to_workers", "bytes_workers_to_driver", "phase_seconds")}  # fmt: skip
+                                                "bytes_driver_to_workers", "bytes_workers_to_driver", "phase_seconds",
+                                                "bytes_between_workers", "update_bytes", "dense_equivalent_bytes",
+                                                "compression_ratio", "sent_fraction", "ranks_identical")
+             if k in bundle.metrics}  # fmt: skip
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sparkdl training report</title>
 <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
