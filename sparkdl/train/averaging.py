@@ -50,7 +50,7 @@ from sparkdl.train.local import (
     FitStats, build_optimizer, fit_minibatches, get_optimizer_state, get_params, predict_logits, set_optimizer_state,
     set_params,
 )  # fmt: skip
-from sparkdl.train.master import TrainingMaster, TrainResult
+from sparkdl.train.master import TrainingMaster, TrainResult, head_classes
 
 
 
@@ -284,12 +284,14 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         return sorted(plan)
 
     # -------------------------------------------------------------------------------------------------- fit
-    def fit(self, features, head: nn.Module, n_classes: int, listeners: Sequence[TrainingListener] = ()) -> TrainResult:
+    def fit(self, features, head: nn.Module, n_classes: int | None = None,
+            listeners: Sequence[TrainingListener] = ()) -> TrainResult:  # fmt: skip
         from pyspark.sql import functions as F
 
         from sparkdl.launch.spark import SparkBarrierLauncher
 
         cfg = self.config
+        n_classes = head_classes(head, n_classes)
         start = time.perf_counter()
         if cfg.execution == "barrier" and self.launcher is None:
             self.launcher = SparkBarrierLauncher(cfg.transport)  # refuses an unusable transport before any work

@@ -32,8 +32,19 @@ class TrainingMaster(ABC):
 
     @abstractmethod
     def fit(
-        self, features, head: nn.Module, n_classes: int, listeners: Sequence[TrainingListener] = ()
-    ) -> TrainResult: ...
+        self, features, head: nn.Module, n_classes: int | None = None, listeners: Sequence[TrainingListener] = ()
+    ) -> TrainResult:
+        """``n_classes`` defaults to the head's output size (``head_classes``)."""
+
+
+def head_classes(head: nn.Module, n_classes: int | None) -> int:
+    """``n_classes``, or the output size of the head's last linear layer."""
+    if n_classes is not None:
+        return n_classes
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError("cannot tell the number of classes from this head: pass n_classes")
+    return linears[-1].out_features
 
 
 def build_master(config: TrainConfig) -> TrainingMaster:

@@ -105,7 +105,8 @@ def test_spark_barrier_over_grpc_keeps_ranks_bit_identical(spark, table):
         def on_epoch(self, e):
             events.append(e)
 
-    result = SharedGradientTrainingMaster(cfg).fit(df, build_head(cfg.head, DIM, CLASSES, seed=1), CLASSES, [Log()])
+    # the call: fit(features_df, head); the number of classes comes from the head
+    result = SharedGradientTrainingMaster(cfg).fit(df, build_head(cfg.head, DIM, CLASSES, seed=1), listeners=[Log()])
     assert result.stats["ranks_identical"]
     assert _accuracy(result.head, table) >= 0.6
     rounds = [e for e in events if e["type"] == "round"]

@@ -35,7 +35,7 @@ from sparkdl.train.head import HeadSpec
 from sparkdl.train.layout import build_shards, epoch_order, load_shard, round_rows, round_seed
 from sparkdl.train.listeners import TrainingListener
 from sparkdl.train.local import build_optimizer, get_params, set_params
-from sparkdl.train.master import TrainingMaster, TrainResult
+from sparkdl.train.master import TrainingMaster, TrainResult, head_classes
 from sparkdl.train.sharing import codec, tree
 from sparkdl.train.sharing.residual import ResidualAccumulator
 from sparkdl.train.sharing.threshold import parse_threshold
@@ -252,10 +252,12 @@ class SharedGradientTrainingMaster(TrainingMaster):
         super().__init__(config)
         self.launcher = launcher
 
-    def fit(self, features, head: nn.Module, n_classes: int, listeners: Sequence[TrainingListener] = ()) -> TrainResult:
+    def fit(self, features, head: nn.Module, n_classes: int | None = None,
+            listeners: Sequence[TrainingListener] = ()) -> TrainResult:  # fmt: skip
         from sparkdl.launch.spark import SparkBarrierLauncher
 
         cfg = self.config
+        n_classes = head_classes(head, n_classes)
         start = time.perf_counter()
         if self.launcher is None:
             self.launcher = SparkBarrierLauncher(cfg.transport)  # refuses an unusable transport before any work
@@ -286,7 +288,8 @@ class SharedGradientTrainingMaster(TrainingMaster):
         dense_bytes = sum(o["dense_bytes"] for o in outs)
         per_worker = [{"rank": o["rank"], "bytes_sent": o["transport"]["bytes_sent"],
                        "bytes_received": o["transport"]["bytes_received"], "update_bytes": o["message_bytes"],
-                       "dense_equivalent_bytes": o["dense_bytes"], "encode_seconds": round(o["encode_seconds"], 4),
+                       "dense_equivalent_bytes": o["dense_bytes"],
+                       "compression_ratio": o["dense_bytes"] / max(1, o["message_bytes"]), "encode_seconds": round(o["encode_seconds"], 4),
                        "decode_seconds": round(o["decode_seconds"], 4),
                        "sent_fraction": o["entries_sent"] / max(1, o["messages"] * o["length"]),
                        "tau_per_epoch": o["taus"], "residual_norm_per_epoch": o["residual_norms"]}
