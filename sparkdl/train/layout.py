@@ -92,8 +92,9 @@ def plan_partition(batches, starts: list[dict[str, int]], workers: int, part: st
                                          names=["path", "worker", "local"])  # fmt: skip
 
 
-def load_shard(elements) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A worker's packs -> ``{part: (x, y)}`` in shard order."""
+def load_shard(elements, dim: int = 0, parts: Sequence[str] = ()) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A worker's packs -> ``{part: (x, y)}`` in shard order; each of ``parts`` it has no rows of is empty
+    (``(0, dim)`` features)."""
     packs: dict[str, list] = {}
     for _worker, (part, chunk, n, dim, xb, yb) in elements:
         packs.setdefault(part, []).append((chunk, n, dim, xb, yb))
@@ -103,6 +104,8 @@ def load_shard(elements) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         x = np.concatenate([np.frombuffer(xb, dtype=np.float32).reshape(n, dim) for _, n, dim, xb, _ in chunks])
         y = np.concatenate([np.frombuffer(yb, dtype=np.int32) for *_, yb in chunks])
         out[part] = (x, y)
+    for part in parts:
+        out.setdefault(part, (np.zeros((0, dim), np.float32), np.zeros(0, np.int32)))
     return out
 
 

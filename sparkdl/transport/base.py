@@ -15,6 +15,7 @@ delivered in part. Nothing is retried here: a lost peer is a failed launch (Spar
 from __future__ import annotations
 
 import enum
+import queue
 import struct
 import zlib
 from abc import ABC, abstractmethod
@@ -92,6 +93,44 @@ class TransportStats:
             "bytes_received": self.bytes_received,
             "rejected": self.rejected,
         }
+
+
+class Inbox:
+    """Received messages waiting for ``receive``, and the abort that wakes a blocked receiver."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._aborted: str | None = None
+
+    def put(self, msg: UpdateMessage) -> None:
+        self._queue.put(msg)
+
+    def abort(self, reason: str) -> None:
+        self._queue.put(_Abort(reason))
+
+    def receive(self, timeout_s: float) -> list[UpdateMessage]:
+        """Everything queued, waiting up to ``timeout_s`` for the first; raises ``TransportError`` once aborted."""
+        if self._aborted is not None:
+            raise TransportError(self._aborted)
+        out: list[UpdateMessage] = []
+        try:
+            item = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return out
+        while True:
+            if isinstance(item, _Abort):
+                self._aborted = item.reason
+                raise TransportError(item.reason)
+            out.append(item)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return out
+
+
+class _Abort:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 class Transport(ABC):

@@ -26,17 +26,12 @@ from typing import Sequence
 import grpc
 
 from sparkdl.errors import TransportError
-from sparkdl.transport.base import Transport, UpdateMessage
+from sparkdl.transport.base import Inbox, Transport, UpdateMessage
 
 SERVICE = "sparkdl.Transport"
 METHOD = f"/{SERVICE}/Stream"
 SECRET_KEY = "sparkdl-secret"
 ACK = b"\x01"
-
-
-class _Abort:
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
 
 
 class _Link:
@@ -146,14 +141,13 @@ class GrpcTransport(Transport):
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
-        self._inbox: queue.Queue = queue.Queue()
+        self._inbox = Inbox()
         self._server: grpc.Server | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._secret: str | None = None
         self._addresses: list[str] = []
         self._links: dict[int, _Link] = {}
         self._lock = threading.Lock()
-        self._aborted: str | None = None
         self._closed = False
         self._connected = threading.Event()
 
@@ -230,23 +224,10 @@ class GrpcTransport(Transport):
         self.stats.bytes_sent += len(frame)
 
     def receive(self, timeout_s: float) -> list[UpdateMessage]:
-        if self._aborted is not None:
-            raise TransportError(self._aborted)
-        out: list[UpdateMessage] = []
-        try:
-            item = self._inbox.get(timeout=timeout_s)
-        except queue.Empty:
+        out = self._inbox.receive(timeout_s)
+        if not out:
             self._raise_link_errors()
-            return out
-        while True:
-            if isinstance(item, _Abort):
-                self._aborted = item.reason
-                raise TransportError(item.reason)
-            out.append(item)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return out
+        return out
 
     def _raise_link_errors(self) -> None:
         for link in self._links.values():
@@ -261,7 +242,7 @@ class GrpcTransport(Transport):
             link.wait_acked(deadline)
 
     def abort(self, reason: str) -> None:
-        self._inbox.put(_Abort(reason))
+        self._inbox.abort(reason)
 
     def close(self) -> None:
         if self._closed:

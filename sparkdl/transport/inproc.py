@@ -7,12 +7,11 @@ must present the receiver's job secret, and ``close`` unregisters the inbox.
 from __future__ import annotations
 
 import hmac
-import queue
 import threading
 from typing import Sequence
 
 from sparkdl.errors import TransportError
-from sparkdl.transport.base import Transport, UpdateMessage
+from sparkdl.transport.base import Inbox, Transport, UpdateMessage
 
 
 class InProcessNetwork:
@@ -42,22 +41,16 @@ class InProcessNetwork:
         return peer
 
 
-class _Abort:
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 class InProcessTransport(Transport):
     name = "inproc"
 
     def __init__(self, rank: int, world: int, network: InProcessNetwork) -> None:
         super().__init__(rank, world)
         self._network = network
-        self._inbox: queue.Queue = queue.Queue()
+        self._inbox = Inbox()
         self._address: str | None = None
         self._peers: list[str] = []
         self._secret: str | None = None
-        self._aborted: str | None = None
         self._closed = False
 
     def start(self) -> str:
@@ -92,28 +85,13 @@ class InProcessTransport(Transport):
         self.stats.bytes_sent += len(frame)
 
     def receive(self, timeout_s: float) -> list[UpdateMessage]:
-        if self._aborted is not None:
-            raise TransportError(self._aborted)
-        out: list[UpdateMessage] = []
-        try:
-            item = self._inbox.get(timeout=timeout_s)
-        except queue.Empty:
-            return out
-        while True:
-            if isinstance(item, _Abort):
-                self._aborted = item.reason
-                raise TransportError(item.reason)
-            out.append(item)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return out
+        return self._inbox.receive(timeout_s)
 
     def flush(self, timeout_s: float) -> None:
         return None  # delivery is synchronous
 
     def abort(self, reason: str) -> None:
-        self._inbox.put(_Abort(reason))
+        self._inbox.abort(reason)
 
     def close(self) -> None:
         if self._closed:

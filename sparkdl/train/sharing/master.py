@@ -135,9 +135,8 @@ def _sharing_fit(ctx, elements, state: dict) -> dict:
     sh = cfg.sharing
     rank, world = ctx.rank, ctx.world
     torch.set_num_threads(max(1, ctx.cpus))
-    shard = load_shard(elements)
-    x, y = shard.get("train", (np.zeros((0, state["dim"]), np.float32), np.zeros(0, np.int32)))
-    xv, yv = shard.get("valid", (np.zeros((0, state["dim"]), np.float32), np.zeros(0, np.int32)))
+    shard = load_shard(elements, state["dim"], ("train", "valid"))
+    (x, y), (xv, yv) = shard["train"], shard["valid"]
     spec = state["spec"]
     model = spec.build()
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
