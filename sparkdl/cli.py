@@ -59,7 +59,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(job: bool = False) -> argparse.ArgumentParser:
+    """The ``sparkdl`` parser; ``job=True`` names each command ``spark-submit jobs/<command>.py`` in its usage."""
     from sparkdl.featurize.backbones import list_backbones
 
     common = argparse.ArgumentParser(add_help=False)
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train a PyTorch head across executors.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if job:
+        add_parser = sub.add_parser
+        sub.add_parser = lambda name, **kw: add_parser(name, prog=f"spark-submit jobs/{name}.py", **kw)  # type: ignore[method-assign]
 
     demo = sub.add_parser(
         "demo",
@@ -428,8 +432,9 @@ def _one_line(exc: BaseException) -> str:
     return first if isinstance(exc, SparkDLError) else f"{type(exc).__name__}: {first}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, job: bool = False) -> int:
+    """``job=True``: called by a ``jobs/<command>.py`` entry point (usage lines name the job)."""
+    parser = build_parser(job=job)
     args = parser.parse_args(argv)
     say = _Progress(quiet=args.quiet)
     try:
