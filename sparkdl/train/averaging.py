@@ -50,7 +50,7 @@ from sparkdl.train.local import (
     FitStats, build_optimizer, fit_minibatches, get_optimizer_state, get_params, predict_logits, set_optimizer_state,
     set_params,
 )  # fmt: skip
-from sparkdl.train.master import TrainingMaster, TrainResult, head_classes
+from sparkdl.train.master import EpochTracker, TrainingMaster, TrainResult, head_classes
 
 
 
@@ -170,10 +170,8 @@ def _barrier_fit(ctx, elements, state: dict) -> dict:
     model = spec.build()
     opt_state: dict[str, np.ndarray] = {}
     params = get_params(model)
-    best = {"score": -math.inf, "epoch": 0, "params": params}
-    history: list[dict] = []
+    tracker = EpochTracker(cfg)
     step = 0
-    stale = 0
     fanout = cfg.tree_fanout
     payload_bytes = 0
     for epoch in range(cfg.epochs):
@@ -225,28 +223,16 @@ def _barrier_fit(ctx, elements, state: dict) -> dict:
         set_params(model, params)
         valid, _ = score_valid_shard(ctx.mailbox, step, model, xv, yv, n_classes, fanout)
         step += 1
-        seconds = time.perf_counter() - epoch_start
-        record = {
-            "type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": loss_sum / max(1, examples),
-            "examples": examples, "seconds": seconds, "prepare_seconds": 0.0,
-            "examples_per_second": examples / seconds if seconds > 0 else 0.0,
-            "valid_accuracy": valid.accuracy if valid.n else None, "valid_loss": valid.loss if valid.n else None,
-            "valid_macro_f1": valid.macro_f1 if valid.n else None,
-        }  # fmt: skip
-        history.append(record)
+        record = tracker.end_epoch(epoch, loss_sum, examples, time.perf_counter() - epoch_start, valid, lambda: params)
         if rank == 0:
             ctx.report(record)
-        score = valid.accuracy if valid.n else -record["train_loss"]
-        if score > best["score"]:
-            best, stale = {"score": score, "epoch": epoch, "params": params}, 0
-        else:
-            stale += 1
-            if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
-                break
+        if tracker.should_stop:
+            break
     out = {"rank": rank, "digest": params_digest(params), "transport": ctx.transport.stats.to_json(),
            "rounds": step, "payload_bytes": payload_bytes}  # fmt: skip
     if rank == 0:
-        out.update(final_params=params, best_params=best["params"], best_epoch=best["epoch"], history=history)
+        out.update(final_params=params, best_params=tracker.best_params, best_epoch=tracker.best_epoch,
+                   history=tracker.history)  # fmt: skip
     return out
 
 
@@ -361,10 +347,9 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         sc = shards.context
         params = get_params(head)
         opt_state: dict[str, np.ndarray] = {}
-        history: list[dict] = []
-        best_score, best_epoch, best_params = -math.inf, 0, params
+        tracker = EpochTracker(cfg)
         bytes_each_way = 0  # parameters (+ optimizer state) out to every worker and back, per round
-        iteration = examples_total = stale_epochs = 0
+        iteration = examples_total = 0
         fit_seconds = 0.0
         for epoch in range(cfg.epochs):
             epoch_start = time.perf_counter()
@@ -409,26 +394,13 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
             examples_total += examples
             spec = HeadSpec(cfg.head, dim, n_classes, params)
             valid_metrics = evaluate_head(valid, spec, n_classes) if info["valid"] else None
-            epoch_seconds = time.perf_counter() - epoch_start
-            record = {
-                "type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": loss_sum / max(1, examples),
-                "examples": examples, "seconds": epoch_seconds, "prepare_seconds": 0.0,
-                "examples_per_second": examples / epoch_seconds if epoch_seconds > 0 else 0.0,
-                "valid_accuracy": valid_metrics.accuracy if valid_metrics else None,
-                "valid_loss": valid_metrics.loss if valid_metrics else None,
-                "valid_macro_f1": valid_metrics.macro_f1 if valid_metrics else None,
-            }  # fmt: skip
-            history.append(record)
+            record = tracker.end_epoch(epoch, loss_sum, examples, time.perf_counter() - epoch_start, valid_metrics,
+                                       lambda: params)  # fmt: skip
             for listener in listeners:
                 listener.on_epoch(record)
-            score = valid_metrics.accuracy if valid_metrics else -record["train_loss"]
-            if score > best_score:
-                best_score, best_epoch, best_params, stale_epochs = score, epoch, params, 0
-            else:
-                stale_epochs += 1
-                if cfg.early_stopping_patience is not None and stale_epochs >= cfg.early_stopping_patience:
-                    break
-        set_params(head, best_params)
+            if tracker.should_stop:
+                break
+        set_params(head, tracker.best_params)
         stats = {
             "examples": examples_total,
             "iterations": iteration,
@@ -436,5 +408,5 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
             "bytes_workers_to_driver": bytes_each_way,
             "worker_fit_seconds": fit_seconds,
         }
-        return TrainResult(head=head, best_epoch=best_epoch, history=history, stats=stats, seconds=0.0,
-                           final_params=params)  # fmt: skip
+        return TrainResult(head=head, best_epoch=tracker.best_epoch, history=tracker.history, stats=stats,
+                           seconds=0.0, final_params=params)  # fmt: skip

@@ -1,6 +1,7 @@
 """The pluggable seam every training master implements, and the factory."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -21,6 +22,43 @@ class TrainResult:
     seconds: float
     final_params: dict = field(default_factory=dict)  # the last epoch's parameters (numpy), whatever the best was
     events: list[dict] = field(default_factory=list)
+
+
+class EpochTracker:
+    """Every master's epoch bookkeeping: the epoch record (listeners, ``history``), the best epoch by ``valid``
+    accuracy (by train loss when there is no ``valid`` split) and early stopping."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.history: list[dict] = []
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_params: dict | None = None
+        self._stale = 0
+
+    def end_epoch(self, epoch: int, loss_sum: float, examples: float, seconds: float, valid, params_fn, **extra) -> dict:
+        """Record one epoch (``valid``: Metrics, or None without valid rows); ``params_fn()`` gives the parameters
+        to keep when this epoch is the best so far. Returns the record."""
+        has_valid = valid is not None and valid.n > 0
+        record = {
+            "type": "epoch", "epoch": epoch, "epochs": self.config.epochs, "train_loss": loss_sum / max(1.0, examples),
+            "examples": int(examples), "seconds": seconds, "prepare_seconds": 0.0,
+            "examples_per_second": examples / seconds if seconds > 0 else 0.0,
+            "valid_accuracy": valid.accuracy if has_valid else None, "valid_loss": valid.loss if has_valid else None,
+            "valid_macro_f1": valid.macro_f1 if has_valid else None, **extra,
+        }  # fmt: skip
+        self.history.append(record)
+        score = valid.accuracy if has_valid else -record["train_loss"]
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.best_params, self._stale = score, epoch, params_fn(), 0
+        else:
+            self._stale += 1
+        return record
+
+    @property
+    def should_stop(self) -> bool:
+        patience = self.config.early_stopping_patience
+        return patience is not None and self._stale >= patience
 
 
 class TrainingMaster(ABC):

@@ -35,7 +35,7 @@ from sparkdl.train.head import HeadSpec
 from sparkdl.train.layout import build_shards, epoch_order, load_shard, round_rows, round_seed
 from sparkdl.train.listeners import TrainingListener
 from sparkdl.train.local import build_optimizer, get_params, set_params
-from sparkdl.train.master import TrainingMaster, TrainResult, head_classes
+from sparkdl.train.master import EpochTracker, TrainingMaster, TrainResult, head_classes
 from sparkdl.train.sharing import codec, tree
 from sparkdl.train.sharing.residual import ResidualAccumulator
 from sparkdl.train.sharing.threshold import parse_threshold
@@ -147,12 +147,10 @@ def _sharing_fit(ctx, elements, state: dict) -> dict:
     exchange = _Exchange(ctx, cfg.tree_fanout, sh.staleness)
     loss_fn = nn.CrossEntropyLoss()
     b = cfg.batch_size_per_worker
-    best = {"score": -math.inf, "epoch": 0, "params": get_params(model)}
-    history: list[dict] = []
+    tracker = EpochTracker(cfg)
     stats = {"encode_seconds": 0.0, "messages": 0, "entries_sent": 0, "message_bytes": 0, "dense_bytes": 0,
              "taus": [], "residual_norms": []}  # fmt: skip
     step = 0
-    stale = 0
     for epoch in range(cfg.epochs):
         epoch_start = time.perf_counter()
         model.train()
@@ -216,30 +214,19 @@ def _sharing_fit(ctx, elements, state: dict) -> dict:
         threshold.set_threshold(float(tau_sum[0][0]) / world)
         valid, sums = score_valid_shard(ctx.mailbox, 2 * epoch, model, xv, yv, spec.n_classes, cfg.tree_fanout,
                                         extra=np.array([loss_sum, examples], dtype=np.float64))  # fmt: skip
-        seconds = time.perf_counter() - epoch_start
-        record = {
-            "type": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": sums[0] / max(1.0, sums[1]),
-            "examples": int(sums[1]), "seconds": seconds, "prepare_seconds": 0.0,
-            "examples_per_second": sums[1] / seconds if seconds > 0 else 0.0,
-            "valid_accuracy": valid.accuracy if valid.n else None, "valid_loss": valid.loss if valid.n else None,
-            "valid_macro_f1": valid.macro_f1 if valid.n else None, "tau": threshold.threshold(),
-        }  # fmt: skip
-        history.append(record)
+        record = tracker.end_epoch(epoch, float(sums[0]), float(sums[1]), time.perf_counter() - epoch_start, valid,
+                                   lambda: get_params(model), tau=threshold.threshold())  # fmt: skip
         if rank == 0:
             ctx.report(record)
-        score = valid.accuracy if valid.n else -record["train_loss"]
-        if score > best["score"]:
-            best, stale = {"score": score, "epoch": epoch, "params": get_params(model)}, 0
-        else:
-            stale += 1
-            if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
-                break
+        if tracker.should_stop:
+            break
     final = get_params(model)
     out = {"rank": rank, "digest": params_digest(final), "transport": ctx.transport.stats.to_json(),
            "decode_seconds": exchange.decode_seconds, "duplicates": ctx.mailbox.duplicates, "length": length,
            **stats}  # fmt: skip
     if rank == 0:
-        out.update(final_params=final, best_params=best["params"], best_epoch=best["epoch"], history=history)
+        out.update(final_params=final, best_params=tracker.best_params, best_epoch=tracker.best_epoch,
+                   history=tracker.history)  # fmt: skip
     return out
 
 
