@@ -17,6 +17,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_loss(events: list[dict], path: Path) -> None:
     plt = _plt()
     rounds = [e for e in events if e.get("type") == "round"]
@@ -24,9 +30,7 @@ def plot_loss(events: list[dict], path: Path) -> None:
     ax.plot([e["iteration"] for e in rounds], [e["loss"] for e in rounds], lw=1)
     ax.set(xlabel="iteration (averaging round / sharing step)", ylabel="training loss (cross-entropy)", title="Loss per iteration")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_accuracy(events: list[dict], path: Path) -> None:
@@ -43,9 +47,7 @@ def plot_accuracy(events: list[dict], path: Path) -> None:
     ax.set(xlabel="epoch", ylabel="train loss", title="Per epoch")
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_phases(events: list[dict], path: Path) -> None:
@@ -61,9 +63,7 @@ def plot_phases(events: list[dict], path: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set(xlabel="iteration", ylabel="seconds", title="Phase timings per round")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_sharing(events: list[dict], path: Path) -> None:
@@ -82,9 +82,7 @@ def plot_sharing(events: list[dict], path: Path) -> None:
     axes[2].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, title: str) -> None:
@@ -102,9 +100,7 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, ti
             if v:
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > m.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Path:

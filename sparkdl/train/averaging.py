@@ -29,7 +29,6 @@ The driver never collects features in either; only parameter-sized objects (and,
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import time
 from typing import Sequence
@@ -38,20 +37,17 @@ import numpy as np
 from torch import nn
 
 from sparkdl.data.features import validate_features
-from sparkdl.errors import DataError
-from sparkdl.evaluate import Metrics, evaluate_head, partial_counts
+from sparkdl.evaluate import evaluate_head
+from sparkdl.train.barrier import lay_out, params_digest, run_launch, score_valid_shard, steps_per_epoch
 from sparkdl.train.collective import tree_allreduce
 from sparkdl.train.head import HeadSpec
-from sparkdl.train.layout import (
-    build_shards, epoch_order, load_shard, partition_starts, plan_partition, round_rows, round_seed,
-)  # fmt: skip
+from sparkdl.train.layout import epoch_order, load_shard, partition_starts, plan_partition, round_rows, round_seed
 from sparkdl.train.listeners import TrainingListener
 from sparkdl.train.local import (
-    FitStats, build_optimizer, fit_minibatches, get_optimizer_state, get_params, predict_logits, set_optimizer_state,
+    FitStats, build_optimizer, fit_minibatches, get_optimizer_state, get_params, set_optimizer_state,
     set_params,
 )  # fmt: skip
 from sparkdl.train.master import EpochTracker, TrainingMaster, TrainResult, head_classes
-
 
 
 def _payload_arrays(params: dict, opt: dict, weight: float) -> list[np.ndarray]:
@@ -85,15 +81,6 @@ def tree_levels(partitions: int, depth: int) -> int:
 
 def average(summed: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
     return {k: (v / count).astype(v.dtype, copy=False) for k, v in summed.items()}
-
-
-def params_digest(params: dict[str, np.ndarray]) -> str:
-    """A hash of the exact bits of a parameter set (ranks compare theirs in synchronous training)."""
-    h = hashlib.sha256()
-    for k in sorted(params):
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(params[k]).tobytes())
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- rounds execution
@@ -131,31 +118,6 @@ def _fit_round(elements, state_bc, round_index: int):
 
 
 # ------------------------------------------------------------------------------------------ barrier execution
-def score_valid_shard(mailbox, step: int, model, xv, yv, n_classes: int, fanout: int,
-                      extra: np.ndarray | None = None) -> tuple[Metrics, np.ndarray | None]:  # fmt: skip
-    """Score ``model`` on this rank's share of ``valid`` and sum the confusion counts (plus ``extra``) over the
-    tree: every rank gets the same metrics of the whole split."""
-    confusion, top5, vloss = partial_counts(predict_logits(model, xv).astype(np.float64), yv, n_classes)
-    arrays = [confusion.astype(np.float64), np.array([top5, vloss])] + ([extra] if extra is not None else [])
-    total = tree_allreduce(mailbox, step, arrays, fanout)
-    metrics = Metrics.from_counts(np.rint(total[0]).astype(np.int64), int(round(total[1][0])), float(total[1][1]))
-    return metrics, (total[2] if extra is not None else None)
-
-
-def run_launch(launcher, fn, shards, listeners: Sequence[TrainingListener]) -> list:
-    """Run a barrier-style worker function: on Spark over the shards RDD, or on a local launcher over the collected
-    shards; rank 0's round / epoch events reach ``listeners`` live."""
-    from sparkdl.launch.spark import SparkBarrierLauncher
-
-    def dispatch(event: dict) -> None:
-        for listener in listeners:
-            (listener.on_round if event["type"] == "round" else listener.on_epoch)(event)
-
-    if isinstance(launcher, SparkBarrierLauncher):
-        return launcher.run(fn, shards, on_event=dispatch)
-    return launcher.run(fn, shards.glom().collect(), on_event=dispatch)
-
-
 def _barrier_fit(ctx, elements, state: dict) -> dict:
     """Executor side, ``barrier`` execution: the whole fit on one rank; sums over the transport's tree."""
     import torch
@@ -278,23 +240,17 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         cfg = self.config
         n_classes = head_classes(head, n_classes)
         start = time.perf_counter()
-        if cfg.execution == "barrier" and self.launcher is None:
-            self.launcher = SparkBarrierLauncher(cfg.transport)  # refuses an unusable transport before any work
-        info = validate_features(features, n_classes)
-        if info["train"] < cfg.workers:
-            raise DataError(
-                f"{info['train']} training rows cannot feed {cfg.workers} workers (each needs at least one): "
-                "lower --workers"
-            )
+        launcher = None
+        if cfg.execution == "barrier":  # built first: refuses an unusable transport before any work
+            launcher = self.launcher or SparkBarrierLauncher(cfg.transport)
+        info, shards = lay_out(features, cfg.workers, n_classes, with_valid=cfg.execution == "barrier")
         dim = info["feature_dim"]
         valid = features.filter(F.col("split") == "valid").select("path", "label_index", "features")
-        rounds_per_epoch = math.ceil(math.ceil(info["train"] / cfg.workers) / cfg.worker_rows_per_round)
-        parts = ("train", "valid") if cfg.execution == "barrier" and info["valid"] else ("train",)
-        shards = build_shards(features, info["per_partition"], parts, cfg.workers)
+        rounds_per_epoch = steps_per_epoch(info["train"], cfg.workers, cfg.worker_rows_per_round)
         prepare_seconds = time.perf_counter() - start
         try:
-            if cfg.execution == "barrier":
-                result = self._fit_barrier(shards, head, dim, n_classes, rounds_per_epoch, listeners)
+            if launcher is not None:
+                result = self._fit_barrier(launcher, shards, head, dim, n_classes, rounds_per_epoch, listeners)
             else:
                 result = self._fit_rounds(shards, valid, head, dim, n_classes, info, rounds_per_epoch, listeners)
         finally:
@@ -308,12 +264,12 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         )
         return result
 
-    def _fit_barrier(self, shards, head, dim, n_classes, rounds_per_epoch, listeners) -> TrainResult:
+    def _fit_barrier(self, launcher, shards, head, dim, n_classes, rounds_per_epoch, listeners) -> TrainResult:
         cfg = self.config
         state = {"config": cfg, "spec": HeadSpec(cfg.head, dim, n_classes, get_params(head)), "dim": dim,
                  "rounds_per_epoch": rounds_per_epoch}  # fmt: skip
 
-        outs = run_launch(self.launcher, functools.partial(_barrier_fit, state=state), shards, listeners)
+        outs = run_launch(launcher, functools.partial(_barrier_fit, state=state), shards, listeners)
         head_out = outs[0]
         digests = {o["digest"] for o in outs}
         if len(digests) != 1:  # the allreduce hands every rank the root's bits: anything else is a bug

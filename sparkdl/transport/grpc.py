@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -95,8 +96,6 @@ class _Link:
         self.requests.put(frame)
 
     def wait_acked(self, deadline: float) -> None:
-        import time
-
         with self.cond:
             while self.acked < self.sent and self.error is None and not self.closing:
                 left = deadline - time.monotonic()
@@ -235,8 +234,6 @@ class GrpcTransport(Transport):
                 raise link.error
 
     def flush(self, timeout_s: float) -> None:
-        import time
-
         deadline = time.monotonic() + timeout_s
         for link in list(self._links.values()):
             link.wait_acked(deadline)

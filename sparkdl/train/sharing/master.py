@@ -20,19 +20,16 @@ end, the validation counts and the thresholds, averaged) travels between workers
 from __future__ import annotations
 
 import functools
-import math
 import time
 from typing import Sequence
 
 import numpy as np
 from torch import nn
 
-from sparkdl.data.features import validate_features
-from sparkdl.errors import DataError
-from sparkdl.train.averaging import params_digest, run_launch, score_valid_shard
+from sparkdl.train.barrier import lay_out, params_digest, run_launch, score_valid_shard, steps_per_epoch
 from sparkdl.train.collective import tree_allreduce
 from sparkdl.train.head import HeadSpec
-from sparkdl.train.layout import build_shards, epoch_order, load_shard, round_rows, round_seed
+from sparkdl.train.layout import epoch_order, load_shard, round_rows, round_seed
 from sparkdl.train.listeners import TrainingListener
 from sparkdl.train.local import build_optimizer, get_params, set_params
 from sparkdl.train.master import EpochTracker, TrainingMaster, TrainResult, head_classes
@@ -112,7 +109,7 @@ class _Exchange:
         return total, used
 
 
-def _flat_grad(params, length: int) -> np.ndarray:
+def _flat_grad(params) -> np.ndarray:
     import torch
 
     return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in params]).numpy()
@@ -170,7 +167,7 @@ def _sharing_fit(ctx, elements, state: dict) -> dict:
                 loss_value = float(loss.detach())
                 loss_sum += loss_value * len(idx)
                 examples += len(idx)
-            grad = _flat_grad(params, length) if len(idx) else np.zeros(length, np.float32)
+            grad = _flat_grad(params) if len(idx) else np.zeros(length, np.float32)
             t1 = time.perf_counter()
             residual.add(grad)
             threshold.calibrate(residual.residual)
@@ -245,21 +242,15 @@ class SharedGradientTrainingMaster(TrainingMaster):
         cfg = self.config
         n_classes = head_classes(head, n_classes)
         start = time.perf_counter()
-        if self.launcher is None:
-            self.launcher = SparkBarrierLauncher(cfg.transport)  # refuses an unusable transport before any work
-        info = validate_features(features, n_classes)
-        if info["train"] < cfg.workers:
-            raise DataError(f"{info['train']} training rows cannot feed {cfg.workers} workers (each needs at least "
-                            "one): lower --workers")  # fmt: skip
+        launcher = self.launcher or SparkBarrierLauncher(cfg.transport)  # refuses an unusable transport before any work
+        info, shards = lay_out(features, cfg.workers, n_classes, with_valid=True)
         dim = info["feature_dim"]
-        parts = ("train", "valid") if info["valid"] else ("train",)
-        shards = build_shards(features, info["per_partition"], parts, cfg.workers)
-        steps_per_epoch = math.ceil(math.ceil(info["train"] / cfg.workers) / cfg.batch_size_per_worker)
+        steps = steps_per_epoch(info["train"], cfg.workers, cfg.batch_size_per_worker)
         prepare_seconds = time.perf_counter() - start
         state = {"config": cfg, "spec": HeadSpec(cfg.head, dim, n_classes, get_params(head)), "dim": dim,
-                 "steps_per_epoch": steps_per_epoch}  # fmt: skip
+                 "steps_per_epoch": steps}  # fmt: skip
         try:
-            outs = run_launch(self.launcher, functools.partial(_sharing_fit, state=state), shards, listeners)
+            outs = run_launch(launcher, functools.partial(_sharing_fit, state=state), shards, listeners)
         finally:
             shards.unpersist()
         lead = outs[0]
@@ -283,8 +274,8 @@ class SharedGradientTrainingMaster(TrainingMaster):
         stats = {
             "examples": examples,
             "examples_per_second": examples / seconds if seconds > 0 else 0.0,
-            "iterations": len(history) * steps_per_epoch,
-            "steps_per_epoch": steps_per_epoch,
+            "iterations": len(history) * steps,
+            "steps_per_epoch": steps,
             "prepare_seconds": prepare_seconds,
             "bytes_between_workers": sum(o["transport"]["bytes_sent"] for o in outs),
             "update_bytes": message_bytes,
