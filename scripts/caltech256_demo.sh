@@ -10,19 +10,24 @@ usage() {
   cat <<'USAGE'
 usage: scripts/caltech256_demo.sh --data <256_ObjectCategories dir | 256_ObjectCategories.tar | hdfs://... dir>
                                   --weights <VGG16 weights: .pth/.pt, .safetensors or Keras .h5>
-                                  [--master-url local[*] | spark://HOST:7077 | yarn] [--fs hdfs://NN:9000]
+                                  [--master-url local[*] | spark://HOST:7077 | yarn]
+                                  [--fs hdfs://NN:9000/user/$USER [--webhdfs http://NN:9870]]
                                   [--workdir sparkdl-work/caltech256] [--workers 2] [--epochs 10]
                                   [--backbone vgg16] [--random-init]
 
   --data        the image folders (a directory, the original tar, or a Hadoop URI every executor can read)
-  --weights     pretrained VGG16 weights on the driver (shipped to the executors by Spark); never downloaded
+  --weights     pretrained VGG16 weights: a file on the driver or a Hadoop URI (shipped to the executors by Spark);
+                never downloaded from the internet
   --master-url  Spark master for spark-submit (default local[*])
-  --fs          write the tables under <fs>/sparkdl/caltech256 instead of the local work dir
+  --fs          keep the data on HDFS under this base URI: local image folders and weights are uploaded (over WebHDFS,
+                `sparkdl fs put`) to <fs>/sparkdl/caltech256/, the tables are written there; the model stays in the
+                work dir
+  --webhdfs     the NameNode's HTTP endpoint for the uploads (default: from $HADOOP_CONF_DIR, else <fs host>:9870)
   --backbone / --random-init  for smoke tests only (e.g. --backbone tiny --random-init)
 USAGE
 }
 
-DATA="" WEIGHTS="" MASTER_URL="local[*]" FS="" WORKDIR="sparkdl-work/caltech256" WORKERS=2 EPOCHS=10
+DATA="" WEIGHTS="" MASTER_URL="local[*]" FS="" WEBHDFS="" WORKDIR="sparkdl-work/caltech256" WORKERS=2 EPOCHS=10
 BACKBONE="vgg16" RANDOM_INIT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -30,6 +35,7 @@ while [[ $# -gt 0 ]]; do
     --weights) WEIGHTS="$2"; shift 2 ;;
     --master-url) MASTER_URL="$2"; shift 2 ;;
     --fs) FS="${2%/}"; shift 2 ;;
+    --webhdfs) WEBHDFS="$2"; shift 2 ;;
     --workdir) WORKDIR="$2"; shift 2 ;;
     --workers) WORKERS="$2"; shift 2 ;;
     --epochs) EPOCHS="$2"; shift 2 ;;
@@ -43,7 +49,7 @@ if [[ -z "$DATA" ]]; then echo "caltech256_demo: --data is required" >&2; usage 
 if [[ -z "$WEIGHTS" && -z "$RANDOM_INIT" ]]; then
   echo "caltech256_demo: --weights is required (a VGG16 weights file; nothing is downloaded)" >&2; exit 2
 fi
-if [[ -n "$WEIGHTS" && ! -f "$WEIGHTS" ]]; then echo "caltech256_demo: weights file $WEIGHTS not found" >&2; exit 1; fi
+if [[ -n "$WEIGHTS" && "$WEIGHTS" != *://* && ! -f "$WEIGHTS" ]]; then echo "caltech256_demo: weights file $WEIGHTS not found" >&2; exit 1; fi
 
 PYTHON="${PYTHON:-python3}"
 SPARK_SUBMIT="${SPARK_SUBMIT:-$(command -v spark-submit || "$PYTHON" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit"))')}"
@@ -67,6 +73,25 @@ if [[ "$DATA" != *://* ]]; then
 fi
 OUT="${FS:+$FS/sparkdl/caltech256}"
 OUT="${OUT:-file://$WORKDIR}"
+
+if [[ -n "$FS" ]]; then  # local inputs go to HDFS first, so that executors on other machines can read them
+  fs() { "$PYTHON" -m sparkdl.cli fs "$@" ${WEBHDFS:+--webhdfs "$WEBHDFS"}; }
+  if [[ "$DATA" == file://* ]]; then
+    echo "caltech256_demo: uploading ${DATA#file://} to $OUT/256_ObjectCategories" >&2
+    fs put "${DATA#file://}" "$OUT/256_ObjectCategories" --overwrite --quiet >/dev/null
+    DATA="$OUT/256_ObjectCategories"
+  fi
+  if [[ -n "$WEIGHTS" && "$WEIGHTS" != *://* ]]; then
+    REMOTE_WEIGHTS="$OUT/weights/$(basename "$WEIGHTS")"
+    if fs exists "$REMOTE_WEIGHTS"; then
+      echo "caltech256_demo: $REMOTE_WEIGHTS is already there (remove it to upload again)" >&2
+    else
+      echo "caltech256_demo: uploading $WEIGHTS to $REMOTE_WEIGHTS" >&2
+      fs put "$WEIGHTS" "$REMOTE_WEIGHTS" --quiet >/dev/null
+    fi
+    WEIGHTS="$REMOTE_WEIGHTS"
+  fi
+fi
 
 submit() {  # stage, args...: one spark-submit per stage, summary JSON kept in the work dir
   local stage="$1"; shift

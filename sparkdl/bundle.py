@@ -5,12 +5,15 @@
     <dir>/metrics.json     train/valid/test metrics, wall seconds, examples/s, bytes moved, phase timings
     <dir>/events.jsonl     one line per round (loss, lr, examples, phase timings) and per epoch
 
-The directory is a local path on the driver.
+The directory is a local path on the driver or any Hadoop URI (``hdfs://``, ``s3a://``): :func:`save_bundle` /
+:func:`load_bundle` stage a remote bundle through a local temporary directory and Spark's Hadoop client, and a
+remote bundle too appears complete or not at all (written under ``<uri>.partial``, then renamed).
 """
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,3 +105,57 @@ class ModelBundle:
             events=events,
             extra={k: v for k, v in config.items() if k not in known},
         )
+
+
+def _need_spark(spark, uri: str):
+    if spark is not None:
+        return spark
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is None:
+        raise ConfigError(f"the model {uri} is not on the local disk: reading or writing it needs a running SparkSession")
+    return active
+
+
+def _resolve(uri: str | Path, spark) -> str | Path:
+    """A path without a scheme means what it means to Spark (``fs.defaultFS``) when a session is at hand, else the
+    local disk; a local result stays the caller's own path."""
+    from sparkdl.data import hadoopfs
+
+    if "://" in str(uri) or str(uri).startswith("file:"):
+        return uri
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+    if spark is None:
+        return uri
+    qualified = hadoopfs.qualify(spark, str(uri))
+    return uri if hadoopfs.is_local(qualified) else qualified
+
+
+def save_bundle(bundle: ModelBundle, uri: str | Path, overwrite: bool = False, spark=None) -> str:
+    """Save to a local directory or a Hadoop URI; returns where it went."""
+    from sparkdl.data import hadoopfs
+
+    uri = _resolve(uri, spark)
+    if hadoopfs.is_local(uri):
+        return str(bundle.save(hadoopfs.local_path(uri), overwrite=overwrite))
+    spark = _need_spark(spark, str(uri))
+    with tempfile.TemporaryDirectory(prefix="sparkdl-model-") as tmp:
+        local = bundle.save(Path(tmp) / "model")
+        hadoopfs.put_dir(spark, local, str(uri), overwrite=overwrite)
+    return str(uri)
+
+
+def load_bundle(uri: str | Path, spark=None) -> ModelBundle:
+    """Load from a local directory or a Hadoop URI."""
+    from sparkdl.data import hadoopfs
+
+    uri = _resolve(uri, spark)
+    if hadoopfs.is_local(uri):
+        return ModelBundle.load(hadoopfs.local_path(uri))
+    spark = _need_spark(spark, str(uri))
+    with hadoopfs.local_copy(spark, str(uri), prefix="sparkdl-model-") as local:
+        return ModelBundle.load(local)

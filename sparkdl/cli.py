@@ -1,4 +1,4 @@
-"""``sparkdl`` command line: demo | ingest | featurize | train | evaluate | report.
+"""``sparkdl`` command line: demo | ingest | featurize | train | evaluate | report | fs.
 
 The only place (with ``jobs/``) that reads argv and the environment. Progress lines go to stderr, the final summary
 to stdout (``--json`` for a machine-readable one). Errors: one line on stderr, exit code 1 (2 for usage errors).
@@ -16,7 +16,7 @@ from sparkdl.config import (
     FeaturizeConfig, HeadConfig, IngestConfig, OptimizerConfig, SessionConfig, SharingConfig, TrainConfig,
     TransportConfig,
 )  # fmt: skip
-from sparkdl.errors import SparkDLError
+from sparkdl.errors import ConfigError, SparkDLError
 
 
 class _Progress:
@@ -124,7 +124,7 @@ def build_parser(job: bool = False) -> argparse.ArgumentParser:
     feat.add_argument("--input", required=True, help="images table written by `sparkdl ingest`")
     feat.add_argument("--output", required=True, help="features table to write")
     feat.add_argument("--backbone", default="efficientnet_lite0", choices=list_backbones(), help="default efficientnet_lite0 (embedded weights)")
-    feat.add_argument("--weights", default=None, help="weights file on the driver: .pth/.pt, .safetensors or Keras .h5")
+    feat.add_argument("--weights", default=None, help="weights file (.pth/.pt, .safetensors or Keras .h5): a path on the driver or a Hadoop URI")
     feat.add_argument("--random-init", action="store_true", help="seeded random weights, on purpose (timing runs)")
     feat.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
     feat.add_argument("--partitions", type=_positive_int, default=None, help="partitions to featurize (default: whole waves of the default parallelism, see --max-rows-per-partition)")
@@ -141,7 +141,7 @@ def build_parser(job: bool = False) -> argparse.ArgumentParser:
         "events.jsonl).",
     )
     train.add_argument("--features", required=True, help="features table written by `sparkdl featurize`")
-    train.add_argument("--output", required=True, help="model bundle directory to write (local path)")
+    train.add_argument("--output", required=True, help="model bundle directory to write: a local path or a Hadoop URI")
     _add_train_args(train)
     train.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
 
@@ -163,6 +163,35 @@ def build_parser(job: bool = False) -> argparse.ArgumentParser:
     )
     rep.add_argument("--model", required=True, help="model bundle directory")
     rep.add_argument("--out", default=None, help="where to write (default <model>/report)")
+
+    fs_common = argparse.ArgumentParser(add_help=False)
+    fs_common.add_argument("--webhdfs", default=None, metavar="URL",
+                           help="NameNode HTTP endpoint, e.g. http://nn:9870 (default: dfs.namenode.http-address "
+                                "from $HADOOP_CONF_DIR/hdfs-site.xml, else the URI's host on port 9870)")  # fmt: skip
+    fs_common.add_argument("--user", default=None, help="Hadoop user (default $HADOOP_USER_NAME, else the OS user)")
+    for flag in ("--json", "--quiet", "--debug"):
+        fs_common.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    fs = sub.add_parser(
+        "fs",
+        help="HDFS outside Spark over WebHDFS: put, get, ls, exists, mkdir",
+        description="Copy a local dataset or weights file to HDFS before a job, list, fetch results, check a path; "
+        "over WebHDFS (no JVM, no Spark). URIs are hdfs://NAMENODE:PORT/path. Uploads appear complete or not at all.",
+    )
+    fs_sub = fs.add_subparsers(dest="fs_command", required=True, metavar="ACTION")
+    put = fs_sub.add_parser("put", parents=[fs_common], help="upload a local file or directory tree")
+    put.add_argument("local")
+    put.add_argument("uri")
+    put.add_argument("--overwrite", action="store_true")
+    get = fs_sub.add_parser("get", parents=[fs_common], help="download a file or directory tree")
+    get.add_argument("uri")
+    get.add_argument("local")
+    get.add_argument("--overwrite", action="store_true")
+    ls = fs_sub.add_parser("ls", parents=[fs_common], help="list a directory")
+    ls.add_argument("uri")
+    ex = fs_sub.add_parser("exists", parents=[fs_common], help="exit 0 if the path exists, 1 if not")
+    ex.add_argument("uri")
+    mk = fs_sub.add_parser("mkdir", parents=[fs_common], help="create a directory and its parents")
+    mk.add_argument("uri")
     return parser
 
 
@@ -377,8 +406,11 @@ def run_evaluate(args, say) -> dict:
 
 
 def run_report(args, say) -> dict:
+    from sparkdl.data import hadoopfs
     from sparkdl.report import write_report
 
+    if not hadoopfs.is_local(args.model):
+        raise ConfigError(f"report reads a model on the local disk: copy it first, e.g. `sparkdl fs get {args.model} model`")
     page = write_report(args.model, args.out)
     payload = {"report": str(page), "files": sorted(p.name for p in page.parent.iterdir())}
     _print_summary("report", [("html", str(page)), ("files", ", ".join(payload["files"]))], payload, args.json)
@@ -414,6 +446,51 @@ def run_demo(args, say) -> dict:
     return result
 
 
+class _Absent(Exception):
+    """``sparkdl fs exists`` on a missing path: exit code 1, no error line."""
+
+
+def run_fs(args, say) -> dict:
+    from sparkdl.data.webhdfs import WebHdfs, WebHdfsConfig
+
+    client, path = WebHdfs.for_uri(args.uri, WebHdfsConfig(url=args.webhdfs, user=args.user))
+    action = args.fs_command
+    if action == "put":
+        say(f"fs: uploading {args.local} to {args.uri} as {client.user} via {client.url}")
+        t0 = time.perf_counter()
+        sent = client.upload(args.local, path, overwrite=args.overwrite)
+        payload = {"uri": args.uri, "bytes": sent, "seconds": round(time.perf_counter() - t0, 3)}
+        rows = [("uploaded", f"{args.local} -> {args.uri}"), ("bytes", sent), ("time", f"{payload['seconds']:.1f} s")]
+    elif action == "get":
+        local = client.download(path, args.local, overwrite=args.overwrite)
+        payload = {"uri": args.uri, "local": str(local)}
+        rows = [("downloaded", f"{args.uri} -> {local}")]
+    elif action == "ls":
+        entries = client.list(path)
+        payload = {"uri": args.uri, "entries": entries}
+        if args.json:
+            print(json.dumps(payload, indent=2, sort_keys=True))
+        else:
+            for e in entries:
+                kind = "d" if e["type"] == "DIRECTORY" else "-"
+                print(f"{kind}{e['permission']:>4} {e['owner']:<10} {e['length']:>12} {e['name']}")
+        return payload
+    elif action == "exists":
+        found = client.exists(path)
+        payload = {"uri": args.uri, "exists": found}
+        if args.json:
+            print(json.dumps(payload))
+        if not found:
+            raise _Absent()
+        return payload
+    else:
+        client.makedirs(path)
+        payload = {"uri": args.uri}
+        rows = [("created", args.uri)]
+    _print_summary(f"fs {action}", rows, payload, args.json)
+    return payload
+
+
 COMMANDS = {
     "ingest": run_ingest,
     "featurize": run_featurize,
@@ -421,6 +498,7 @@ COMMANDS = {
     "evaluate": run_evaluate,
     "report": run_report,
     "demo": run_demo,
+    "fs": run_fs,
 }
 
 
@@ -439,6 +517,8 @@ def main(argv: Sequence[str] | None = None, job: bool = False) -> int:
     say = _Progress(quiet=args.quiet)
     try:
         COMMANDS[args.command](args, say)
+    except _Absent:
+        return 1
     except KeyboardInterrupt:
         print("sparkdl: interrupted", file=sys.stderr)
         return 130

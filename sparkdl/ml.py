@@ -16,7 +16,7 @@ from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasSeed
 
-from sparkdl.bundle import ModelBundle
+from sparkdl.bundle import ModelBundle, load_bundle, save_bundle
 from sparkdl.config import HeadConfig, OptimizerConfig, TrainConfig
 from sparkdl.errors import DataError
 from sparkdl.train.head import HeadSpec, build_head
@@ -131,8 +131,9 @@ class HeadClassifierModel(Model, _HeadParams):
         )
 
     def save(self, path: str, overwrite: bool = False) -> None:
-        self.bundle.save(path, overwrite=overwrite)
+        """A local directory or a Hadoop URI (through the active SparkSession)."""
+        save_bundle(self.bundle, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str) -> "HeadClassifierModel":
-        return cls(ModelBundle.load(path))
+        return cls(load_bundle(path))

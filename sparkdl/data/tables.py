@@ -61,15 +61,15 @@ def meta_uri(table_uri: str) -> str:
     return hadoopfs.sidecar_uri(table_uri, "meta.json")
 
 
-def check_output(spark, output_uri: str, overwrite: bool) -> None:
-    """Refuse to clobber an existing table unless asked to, before any work starts."""
-    if not overwrite and hadoopfs.exists(spark, output_uri):
-        raise DataError(f"output {output_uri} already exists: pass --overwrite (overwrite=True) or choose another path")
+def check_output(spark, output_uri: str, overwrite: bool, what: str = "output") -> None:
+    """Before any work starts: refuse to clobber an existing table unless asked to, and fail on an output this
+    Hadoop user may not write (permission denied, parent is a file, name node unreachable)."""
+    hadoopfs.check_writable(spark, output_uri, what, overwrite)
 
 
 def check_input(spark, input_uri: str, what: str) -> None:
-    if not hadoopfs.exists(spark, input_uri):
-        raise DataError(f"{what} {input_uri} does not exist (or is not reachable with this Hadoop configuration)")
+    """Before any work starts: ``input_uri`` exists and may be read."""
+    hadoopfs.check_readable(spark, input_uri, what)
 
 
 def count_rejects(df, group_cols: tuple[str, ...] = ()) -> tuple[RejectCounts, list[tuple[str | None, tuple, int]]]:

@@ -20,7 +20,7 @@ from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkdl.config import FeaturizeConfig
-from sparkdl.data import tables
+from sparkdl.data import hadoopfs, tables
 from sparkdl.data.arrow import list_column
 from sparkdl.data.decode import ImageDecodeError, open_image
 from sparkdl.data.features import FEATURES_COLUMNS, FEATURES_FORMAT, IMAGES_TYPES
@@ -265,23 +265,37 @@ def _labels_of(spark, images, input_uri: str, say: Progress) -> dict:
 
 
 def featurize_images(spark, config: FeaturizeConfig, progress: Progress | None = None) -> FeaturizeResult:
-    """Images table -> features table (+ rejects + meta), with the backbone checked on the driver first."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
+    """Images table -> features table (+ rejects + meta), with the backbone checked on the driver first.
 
+    ``config.weights`` may be a local path or a Hadoop URI (copied to the driver once, then shipped by Spark)."""
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     tables.check_output(spark, config.output_uri, config.overwrite)
     tables.check_input(spark, config.input_uri, "images table")
+    if config.weights and not hadoopfs.is_local(config.weights):
+        # weights on the cluster's file system: one copy on the driver, which Spark then ships to the executors
+        tables.check_input(spark, config.weights, "weights file")
+        say(f"featurize: copying {config.weights} to the driver")
+        with hadoopfs.local_copy(spark, config.weights, prefix="sparkdl-weights-") as local:
+            return _featurize(spark, config, str(local), start, say)
+    local = str(hadoopfs.local_path(config.weights)) if config.weights else None
+    return _featurize(spark, config, local, start, say)
+
+
+def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float, say: Progress) -> FeaturizeResult:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
     images = spark.read.parquet(config.input_uri)
     tables.check_columns(images, IMAGES_TYPES, "images table (run `sparkdl ingest` first)", config.input_uri)
     labels = _labels_of(spark, images, config.input_uri, say)
 
-    backbone_info = check_backbone(config.backbone, weights=config.weights, random_init=config.random_init)
-    if config.weights:
+    backbone_info = check_backbone(config.backbone, weights=weights, random_init=config.random_init)
+    if weights:
         from sparkdl.featurize.weights import file_digest
 
-        backbone_info["weights_sha256"] = file_digest(config.weights)
+        backbone_info["weights"] = config.weights  # the URI the user gave, not the driver's temporary copy
+        backbone_info["weights_sha256"] = file_digest(weights)
     say(f"featurize: backbone {config.backbone} ({backbone_info['feature_dim']}-d, weights {backbone_info['weights']})")
 
     # Always rebalance: the backbone costs ~1000x more per row than moving the row, and file splits can leave a
@@ -292,7 +306,7 @@ def featurize_images(spark, config: FeaturizeConfig, progress: Progress | None =
         inputCol="image",
         outputCol="features",
         backbone=config.backbone,
-        weightsPath=config.weights or "",
+        weightsPath=weights or "",
         randomInit=config.random_init,
         batchSize=config.batch_size,
         threadsPerTask=config.threads_per_task or 0,

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sparkdl.bundle import ModelBundle
+from sparkdl.bundle import ModelBundle, load_bundle, save_bundle
 from sparkdl.config import TrainConfig
+from sparkdl.data import tables
 from sparkdl.data.features import read_features
 from sparkdl.errors import DataError
 from sparkdl.evaluate import Metrics, evaluate_head
@@ -56,9 +57,8 @@ def train_head(
     progress: Progress | None = None,
 ) -> TrainSummary:
     say = progress or (lambda _msg: None)
-    out = Path(output_dir)
-    if out.exists() and not overwrite:
-        raise DataError(f"model directory {out} already exists: pass --overwrite or choose another path")
+    out = str(output_dir)
+    tables.check_output(spark, out, overwrite, what="model directory")  # before training, not after
     df, meta = read_features(spark, features_uri)
     labels = list(meta["labels"])
     dim = _feature_dim(df, meta)
@@ -91,10 +91,10 @@ def train_head(
         metrics=metrics,
         events=events.events,
     )
-    bundle.save(out, overwrite=overwrite)
+    out = save_bundle(bundle, out, overwrite=overwrite, spark=spark)
     say(f"train: model bundle written to {out}")
     return TrainSummary(
-        model_dir=str(out),
+        model_dir=out,
         best_epoch=result.best_epoch,
         epochs_run=len(result.history),
         seconds=seconds,
@@ -107,7 +107,8 @@ def evaluate_model(spark, model_dir: str | Path, features_uri: str, split: str |
     """Metrics of a saved model on a features table (one split, or every row with ``split=None``)."""
     from pyspark.sql import functions as F
 
-    bundle = ModelBundle.load(model_dir)
+    tables.check_input(spark, str(model_dir), "model")
+    bundle = load_bundle(str(model_dir), spark=spark)
     df, meta = read_features(spark, features_uri)
     dim = _feature_dim(df, meta)
     if dim != bundle.head.in_dim:

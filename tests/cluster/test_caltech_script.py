@@ -45,3 +45,25 @@ def test_the_script_explains_what_is_missing(tmp_path):
     assert res.returncode == 2 and "--weights is required" in res.stderr
     res = _run("--data", str(tmp_path), "--weights", str(tmp_path / "vgg16.pth"), cwd=tmp_path)
     assert res.returncode == 1 and "not found" in res.stderr
+
+
+def test_the_script_keeps_the_data_on_hdfs(cluster, hdfs, tmp_path):
+    """--fs: the local tree and weights go up over WebHDFS, the stages run on the standalone cluster on hdfs://."""
+    import torch
+
+    from sparkdl.featurize.backbones import load_backbone
+
+    tree = make_caltech_tree(tmp_path / "src", per_class=6, bad_files=False)
+    weights = tmp_path / "tiny.pth"
+    torch.save(load_backbone("tiny").module.state_dict(), weights)
+    work = tmp_path / "work"
+    res = _run("--data", str(tmp_path / "src"), "--weights", str(weights), "--backbone", "tiny", "--master-url", cluster["url"],
+               "--fs", hdfs["home"], "--webhdfs", hdfs["webhdfs"], "--workdir", str(work), "--epochs", "1", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = f"{hdfs['home']}/sparkdl/caltech256"
+    assert f"uploading {tree['root']} to {out}/256_ObjectCategories" in res.stderr
+    ingest = json.loads((work / "ingest.json").read_text())
+    assert ingest["output_uri"] == f"{out}/images.parquet" and ingest["rows_out"] == 18
+    featurize = json.loads((work / "featurize.json").read_text())
+    assert featurize["backbone"]["weights"] == f"{out}/weights/tiny.pth"
+    assert (work / "model" / "report" / "report.html").exists()

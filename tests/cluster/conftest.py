@@ -1,0 +1,88 @@
+"""Real services for the cluster tests, each started on 127.0.0.1 and stopped at the end of the run:
+
+* ``cluster``: a Spark standalone master + worker from the pip package's ``spark-class``;
+* ``hdfs``: a NameNode + DataNode from ``scripts/local_hdfs.py`` (Hadoop 2.7.3 jars from the pyspark 2.4.8 sdist,
+  Jersey 1 from Debian). If those parts cannot be had here the HDFS tests are skipped with the reason, unless
+  ``SPARKDL_REQUIRE_HDFS=1`` (set by ``.ci/run``), which turns that into a failure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from cluster_services import free_port, local_hdfs_module, spark_bin
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("cluster-logs")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_WORKER_DIR": str(logs / "work")}  # fmt: skip
+    env.pop("HADOOP_CONF_DIR", None)
+    port, ui, worker_ui = free_port(), free_port(), free_port()
+    url = f"spark://127.0.0.1:{port}"
+    procs = []
+    try:
+        procs.append(subprocess.Popen([spark_bin("spark-class"), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                       "--port", str(port), "--webui-port", str(ui)],
+                                      env=env, stdout=open(logs / "master.log", "w"), stderr=subprocess.STDOUT))  # fmt: skip
+        procs.append(subprocess.Popen([spark_bin("spark-class"), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
+                                       "--cores", "2", "--memory", "3g", "--webui-port", str(worker_ui), url],
+                                      env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT))  # fmt: skip
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{ui}/json", timeout=2))
+                if state.get("aliveworkers", 0) >= 1:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standalone cluster did not come up; logs in {logs}")
+            time.sleep(1)
+        yield {"url": url, "env": env}
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture(scope="session")
+def hdfs(tmp_path_factory):
+    """A running single-node HDFS with permissions on, its NameNode running as Hadoop user ``hdfs`` (so the tests'
+    own user is an ordinary user, as on a cluster): ``/user/<me>`` belongs to the tests, ``/locked`` (mode 700)
+    does not."""
+    local_hdfs = local_hdfs_module()
+    try:
+        local_hdfs.fetch(say=lambda m: print(f"local_hdfs: {m}", file=sys.stderr))
+    except local_hdfs.PartsUnavailable as exc:
+        reason = f"no HDFS on this machine: {exc}"
+        if os.environ.get("SPARKDL_REQUIRE_HDFS") == "1":
+            pytest.fail(reason + " (SPARKDL_REQUIRE_HDFS=1)")
+        print(reason, file=sys.stderr)
+        pytest.skip(reason)
+    from sparkdl.data.webhdfs import WebHdfs, hadoop_user
+
+    server = local_hdfs.LocalHdfs(tmp_path_factory.mktemp("hdfs"), superuser="hdfs", permissions=True).start()
+    try:
+        me = hadoop_user()
+        admin = WebHdfs(server.webhdfs, "hdfs")
+        admin._client.makedirs(f"/user/{me}")
+        admin._client.set_owner(f"/user/{me}", owner=me)
+        admin._client.makedirs("/locked/data")
+        admin._client.set_permission("/locked", "700")
+        yield {"fs": server.fs, "webhdfs": server.webhdfs, "conf_dir": str(server.workdir / "conf"), "user": me,
+               "home": f"{server.fs}/user/{me}", "admin": admin}  # fmt: skip
+    finally:
+        server.stop()

@@ -1,0 +1,131 @@
+"""Every stage on a real HDFS (NameNode + DataNode on 127.0.0.1, permissions on, NameNode run by Hadoop user
+``hdfs``): the dataset and weights uploaded over WebHDFS with ``sparkdl fs``, then ingest -> featurize -> train ->
+evaluate submitted to the standalone cluster with every input and output an ``hdfs://`` URI; and the bad inputs a
+cluster user meets (no permission, wrong-schema table, unreachable name node) stopping before any work."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster_services import free_port, submit
+from datagen import make_caltech_tree
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+SPARKDL = shutil.which("sparkdl", path=str(Path(sys.executable).parent)) or "sparkdl"
+
+
+def sparkdl(*args, env=None):
+    return subprocess.run([SPARKDL, *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def _errors(proc) -> list[str]:
+    # spark-submit's PythonRunner merges the Python driver's stderr into stdout
+    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ": error: " in ln]
+
+
+def _tiny_weights(path: Path) -> Path:
+    import torch
+
+    from sparkdl.featurize.backbones import load_backbone
+
+    state = {k: v * 1.5 for k, v in load_backbone("tiny").module.state_dict().items()}  # not the seeded init
+    torch.save(state, path)
+    return path
+
+
+def test_every_stage_reads_and_writes_hdfs(cluster, hdfs, tmp_path):
+    from sparkdl.featurize.weights import file_digest
+
+    tree = make_caltech_tree(tmp_path / "data", per_class=8, bad_files=False)
+    weights = _tiny_weights(tmp_path / "tiny.pth")
+    base = f"{hdfs['home']}/caltech"
+    conf = {"HADOOP_CONF_DIR": hdfs["conf_dir"]}  # sparkdl fs finds the WebHDFS address there
+
+    # outside Spark, over WebHDFS
+    for local, uri in ((tree["root"], f"{base}/256_ObjectCategories"), (weights, f"{base}/weights/tiny.pth")):
+        put = sparkdl("fs", "put", str(local), uri, "--quiet", env=conf)
+        assert put.returncode == 0, put.stderr
+    assert sparkdl("fs", "exists", f"{base}/weights/tiny.pth", env=conf).returncode == 0
+    assert sparkdl("fs", "exists", f"{base}/nothing-here", env=conf).returncode == 1
+    listing = json.loads(sparkdl("fs", "ls", f"{base}/256_ObjectCategories", "--json", env=conf).stdout)
+    assert sorted(e["name"] for e in listing["entries"]) == ["001.ak47", "002.american-flag", "003.backpack"]
+
+    # the jobs, on the standalone cluster, through Spark's Hadoop client
+    ing = submit(cluster, "ingest", "--images", f"{base}/256_ObjectCategories", "--output", f"{base}/images.parquet", "--json", "--quiet")
+    assert ing.returncode == 0, ing.stdout[-3000:] + ing.stderr[-3000:]
+    assert json.loads(ing.stdout)["rows_out"] == 24
+    feat = submit(cluster, "featurize", "--input", f"{base}/images.parquet", "--output", f"{base}/features.parquet",
+                  "--backbone", "tiny", "--weights", f"{base}/weights/tiny.pth", "--json", "--quiet")  # fmt: skip
+    assert feat.returncode == 0, feat.stdout[-3000:] + feat.stderr[-3000:]
+    backbone = json.loads(feat.stdout)["backbone"]
+    assert backbone["weights"] == f"{base}/weights/tiny.pth" and backbone["weights_sha256"] == file_digest(weights)
+    tr = submit(cluster, "train", "--features", f"{base}/features.parquet", "--output", f"{base}/model", "--master", "averaging",
+                "--workers", "2", "--epochs", "2", "--batch-size-per-worker", "4", "--json", "--quiet")  # fmt: skip
+    assert tr.returncode == 0, tr.stdout[-3000:] + tr.stderr[-3000:]
+    assert json.loads(tr.stdout)["model_dir"] == f"{base}/model"
+    ev = submit(cluster, "evaluate", "--model", f"{base}/model", "--features", f"{base}/features.parquet", "--json", "--quiet")
+    assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
+    assert json.loads(ev.stdout)["n"] == json.loads(ing.stdout)["split_counts"]["test"]
+
+    # what landed on HDFS: committed tables, sidecars, a complete model bundle and no .partial left behind
+    names = {e["name"] for e in json.loads(sparkdl("fs", "ls", base, "--json", env=conf).stdout)["entries"]}
+    assert {"images.parquet", "images.meta.json", "features.parquet", "features.meta.json", "model"} <= names
+    assert not any(n.endswith(".partial") for n in names)
+    admin = hdfs["admin"]
+    path = base.split(hdfs["fs"], 1)[1]
+    assert admin.exists(f"{path}/features.parquet/_SUCCESS")
+    assert {e["name"] for e in admin.list(f"{path}/model")} == {"config.json", "head.safetensors", "metrics.json", "events.jsonl"}
+    got = sparkdl("fs", "get", f"{base}/model", str(tmp_path / "model"), "--quiet", env=conf)
+    assert got.returncode == 0, got.stderr
+    assert sparkdl("report", "--model", str(tmp_path / "model"), "--quiet").returncode == 0
+    assert (tmp_path / "model" / "report" / "report.html").exists()
+
+
+def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, tmp_path):
+    from sparkdl.config import IngestConfig, TrainConfig
+    from sparkdl.data.images import ingest_images
+    from sparkdl.errors import DataError
+    from sparkdl.train.run import train_head
+
+    home, fs = hdfs["home"], hdfs["fs"]
+    tree = make_caltech_tree(tmp_path / "data", per_class=2, bad_files=False)
+    # writing under a directory of another user (mode 700)
+    with pytest.raises(DataError, match=r"permission denied writing output .*/locked/images.parquet.*Hadoop user") as err:
+        ingest_images(spark, IngestConfig(images_uri=str(tree["root"]), output_uri=f"{fs}/locked/images.parquet"))
+    assert "\n" not in str(err.value)
+    # reading from it
+    with pytest.raises(DataError, match=r"permission denied reading image folder .*/locked/data"):
+        ingest_images(spark, IngestConfig(images_uri=f"{fs}/locked/data", output_uri=f"{home}/x.parquet"))
+    # a model directory that cannot be written fails before training, not after it
+    spark.range(4).write.mode("overwrite").parquet(f"{home}/not-features.parquet")
+    with pytest.raises(DataError, match=r"permission denied writing model directory"):
+        train_head(spark, f"{home}/not-features.parquet", f"{fs}/locked/model", TrainConfig(workers=1, epochs=1))
+    # a table of the wrong schema
+    with pytest.raises(DataError, match=r"not-features.parquet"):
+        train_head(spark, f"{home}/not-features.parquet", f"{home}/model", TrainConfig(workers=1, epochs=1))
+    # a name node nobody listens on (no retries: the message, not Hadoop's retry policy, is under test)
+    hconf = spark.sparkContext._jsc.hadoopConfiguration()
+    hconf.set("ipc.client.connect.max.retries", "0")
+    try:
+        with pytest.raises(DataError, match=r"cannot reach the file system of hdfs://127.0.0.1:\d+/x.*ConnectException"):
+            ingest_images(spark, IngestConfig(images_uri=str(tree["root"]), output_uri=f"hdfs://127.0.0.1:{free_port()}/x"))
+    finally:
+        hconf.unset("ipc.client.connect.max.retries")
+
+
+def test_a_job_without_permission_exits_with_one_line(cluster, hdfs, tmp_path):
+    tree = make_caltech_tree(tmp_path / "data", per_class=2, bad_files=False)
+    # another Hadoop user than the owner of /user/<me>: simple authentication takes HADOOP_USER_NAME
+    res = submit(cluster, "ingest", "--images", f"file://{tree['root']}", "--output", f"{hdfs['home']}/mallory.parquet",
+                 "--quiet", env={"HADOOP_USER_NAME": "mallory"})  # fmt: skip
+    errors = _errors(res)
+    assert res.returncode == 1 and len(errors) == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "permission denied writing output" in errors[0] and "'mallory'" in errors[0]
+    # and over WebHDFS
+    put = sparkdl("fs", "put", str(tree["root"]), f"{hdfs['home']}/mallory", "--webhdfs", hdfs["webhdfs"], "--user", "mallory")
+    assert put.returncode == 1 and "permission denied" in _errors(put)[0] and "'mallory'" in _errors(put)[0]
