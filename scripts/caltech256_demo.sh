@@ -19,9 +19,9 @@ usage: scripts/caltech256_demo.sh --data <256_ObjectCategories dir | 256_ObjectC
   --weights     pretrained VGG16 weights: a file on the driver or a Hadoop URI (shipped to the executors by Spark);
                 never downloaded from the internet
   --master-url  Spark master for spark-submit (default local[*])
-  --fs          keep the data on HDFS under this base URI: local image folders and weights are uploaded (over WebHDFS,
-                `sparkdl fs put`) to <fs>/sparkdl/caltech256/, the tables are written there; the model stays in the
-                work dir
+  --fs          keep the data on HDFS under this base URI: local image folders and weights are uploaded once (over
+                WebHDFS, `sparkdl fs put`) to <fs>/sparkdl/caltech256/, the tables are written there; the model stays
+                in the work dir
   --webhdfs     the NameNode's HTTP endpoint for the uploads (default: from $HADOOP_CONF_DIR, else <fs host>:9870)
   --backbone / --random-init  for smoke tests only (e.g. --backbone tiny --random-init)
 USAGE
@@ -76,9 +76,13 @@ OUT="${OUT:-file://$WORKDIR}"
 
 if [[ -n "$FS" ]]; then  # local inputs go to HDFS first, so that executors on other machines can read them
   fs() { "$PYTHON" -m sparkdl.cli fs "$@" ${WEBHDFS:+--webhdfs "$WEBHDFS"}; }
-  if [[ "$DATA" == file://* ]]; then
-    echo "caltech256_demo: uploading ${DATA#file://} to $OUT/256_ObjectCategories" >&2
-    fs put "${DATA#file://}" "$OUT/256_ObjectCategories" --overwrite --quiet >/dev/null
+  if [[ "$DATA" == file://* ]]; then  # once: 30k small files take a while over WebHDFS (BENCHMARKS.md)
+    if fs exists "$OUT/256_ObjectCategories"; then
+      echo "caltech256_demo: $OUT/256_ObjectCategories is already there (remove it to upload again)" >&2
+    else
+      echo "caltech256_demo: uploading ${DATA#file://} to $OUT/256_ObjectCategories" >&2
+      fs put "${DATA#file://}" "$OUT/256_ObjectCategories" --quiet >/dev/null
+    fi
     DATA="$OUT/256_ObjectCategories"
   fi
   if [[ -n "$WEIGHTS" && "$WEIGHTS" != *://* ]]; then

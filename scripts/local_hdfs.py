@@ -230,6 +230,7 @@ class LocalHdfs:
     superuser: str = HDFS_USER
     permissions: bool = True
     heap: str = "256m"
+    extra_conf: dict = field(default_factory=dict)  # more hdfs-site properties
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
 
@@ -262,6 +263,7 @@ class LocalHdfs:
             "dfs.namenode.safemode.extension": 0, "dfs.webhdfs.enabled": "true",
             "dfs.datanode.du.reserved": 0, "dfs.namenode.resource.du.reserved": 0,
             "dfs.heartbeat.interval": 1, "dfs.namenode.heartbeat.recheck-interval": 5000,
+            **self.extra_conf,
         }  # fmt: skip
         (conf / "core-site.xml").write_text(_site_xml(core))
         (conf / "hdfs-site.xml").write_text(_site_xml(site))

@@ -182,6 +182,8 @@ def build_parser(job: bool = False) -> argparse.ArgumentParser:
     put.add_argument("local")
     put.add_argument("uri")
     put.add_argument("--overwrite", action="store_true")
+    put.add_argument("--threads", type=_positive_int, default=16,
+                     help="files in flight at once (many small files are latency-bound; default %(default)s)")
     get = fs_sub.add_parser("get", parents=[fs_common], help="download a file or directory tree")
     get.add_argument("uri")
     get.add_argument("local")
@@ -458,7 +460,7 @@ def run_fs(args, say) -> dict:
     if action == "put":
         say(f"fs: uploading {args.local} to {args.uri} as {client.user} via {client.url}")
         t0 = time.perf_counter()
-        sent = client.upload(args.local, path, overwrite=args.overwrite)
+        sent = client.upload(args.local, path, overwrite=args.overwrite, threads=args.threads)
         payload = {"uri": args.uri, "bytes": sent, "seconds": round(time.perf_counter() - t0, 3)}
         rows = [("uploaded", f"{args.local} -> {args.uri}"), ("bytes", sent), ("time", f"{payload['seconds']:.1f} s")]
     elif action == "get":

@@ -77,7 +77,8 @@ def _fs_path(spark, uri: str):
     with _hadoop(spark, uri, "opening"):
         path = jvm.org.apache.hadoop.fs.Path(uri)
         fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return fs, path
+        # relative paths resolve against the file system's working directory (parents are then well defined)
+        return fs, fs.makeQualified(path)
 
 
 def _user(spark) -> str:
@@ -95,8 +96,8 @@ def _os_user() -> str:
 
 def qualify(spark, uri: str) -> str:
     """The fully qualified form Spark itself reports (e.g. ``/data/x`` -> ``file:/data/x``)."""
-    fs, path = _fs_path(spark, uri)
-    return str(fs.makeQualified(path).toString())
+    _fs, path = _fs_path(spark, uri)
+    return str(path.toString())
 
 
 def exists(spark, uri: str) -> bool:

@@ -86,10 +86,12 @@ def test_every_stage_reads_and_writes_hdfs(cluster, hdfs, tmp_path):
     assert (tmp_path / "model" / "report" / "report.html").exists()
 
 
-def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, tmp_path):
-    from sparkdl.config import IngestConfig, TrainConfig
+def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, ingested, tmp_path):
+    from sparkdl.config import FeaturizeConfig, IngestConfig, TrainConfig
     from sparkdl.data.images import ingest_images
-    from sparkdl.errors import DataError
+    from sparkdl.data.webhdfs import WebHdfs
+    from sparkdl.errors import ConfigError, DataError
+    from sparkdl.featurize.featurizer import featurize_images
     from sparkdl.train.run import train_head
 
     home, fs = hdfs["home"], hdfs["fs"]
@@ -105,6 +107,11 @@ def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, tmp_path):
     spark.range(4).write.mode("overwrite").parquet(f"{home}/not-features.parquet")
     with pytest.raises(DataError, match=r"permission denied writing model directory"):
         train_head(spark, f"{home}/not-features.parquet", f"{fs}/locked/model", TrainConfig(workers=1, epochs=1))
+    # weights on HDFS of another architecture: refused on the driver, before the backbone runs on any image
+    WebHdfs(hdfs["webhdfs"], hdfs["user"]).upload(_tiny_weights(tmp_path / "tiny.pth"), f"{home.split(fs, 1)[1]}/tiny.pth")
+    with pytest.raises(ConfigError, match=r"do not fit the EfficientNet architecture"):
+        featurize_images(spark, FeaturizeConfig(input_uri=ingested.output_uri, output_uri=f"{home}/features.parquet",
+                                                backbone="efficientnet_lite0", weights=f"{home}/tiny.pth"))  # fmt: skip
     # a table of the wrong schema
     with pytest.raises(DataError, match=r"not-features.parquet"):
         train_head(spark, f"{home}/not-features.parquet", f"{home}/model", TrainConfig(workers=1, epochs=1))
