@@ -31,7 +31,7 @@ def one_line_error(stderr: str) -> str:
 def test_help():
     top = run("--help")
     assert top.returncode == 0
-    for cmd in ("demo", "ingest", "featurize", "train", "evaluate", "report"):
+    for cmd in ("demo", "ingest", "featurize", "train", "evaluate", "report", "fs"):
         assert cmd in top.stdout
     ingest = run("ingest", "--help")
     assert ingest.returncode == 0
@@ -40,6 +40,12 @@ def test_help():
     feat = run("featurize", "--help")
     for opt in ("--input", "--output", "--backbone", "--weights", "--random-init", "efficientnet_lite0", "vgg16"):
         assert opt in feat.stdout
+    put = run("fs", "put", "--help")
+    assert put.returncode == 0
+    for opt in ("--webhdfs", "--user", "--overwrite", "--threads"):
+        assert opt in put.stdout
+    bad = run("fs", "ls", "s3a://bucket/x")
+    assert bad.returncode == 1 and "not an hdfs:// URI" in one_line_error(bad.stderr)
 
 
 def test_usage_errors_exit_2():
