@@ -76,24 +76,21 @@ OUT="${OUT:-file://$WORKDIR}"
 
 if [[ -n "$FS" ]]; then  # local inputs go to HDFS first, so that executors on other machines can read them
   fs() { "$PYTHON" -m sparkdl.cli fs "$@" ${WEBHDFS:+--webhdfs "$WEBHDFS"}; }
-  if [[ "$DATA" == file://* ]]; then  # once: 30k small files take a while over WebHDFS (BENCHMARKS.md)
-    if fs exists "$OUT/256_ObjectCategories"; then
-      echo "caltech256_demo: $OUT/256_ObjectCategories is already there (remove it to upload again)" >&2
+  upload_once() {  # local, remote: 30k small files take a while over WebHDFS (BENCHMARKS.md), VGG16 is 528 MB
+    if fs exists "$2"; then
+      echo "caltech256_demo: $2 is already there (remove it to upload again)" >&2
     else
-      echo "caltech256_demo: uploading ${DATA#file://} to $OUT/256_ObjectCategories" >&2
-      fs put "${DATA#file://}" "$OUT/256_ObjectCategories" --quiet >/dev/null
+      echo "caltech256_demo: uploading $1 to $2" >&2
+      fs put "$1" "$2" --quiet >/dev/null
     fi
+  }
+  if [[ "$DATA" == file://* ]]; then
+    upload_once "${DATA#file://}" "$OUT/256_ObjectCategories"
     DATA="$OUT/256_ObjectCategories"
   fi
   if [[ -n "$WEIGHTS" && "$WEIGHTS" != *://* ]]; then
-    REMOTE_WEIGHTS="$OUT/weights/$(basename "$WEIGHTS")"
-    if fs exists "$REMOTE_WEIGHTS"; then
-      echo "caltech256_demo: $REMOTE_WEIGHTS is already there (remove it to upload again)" >&2
-    else
-      echo "caltech256_demo: uploading $WEIGHTS to $REMOTE_WEIGHTS" >&2
-      fs put "$WEIGHTS" "$REMOTE_WEIGHTS" --quiet >/dev/null
-    fi
-    WEIGHTS="$REMOTE_WEIGHTS"
+    upload_once "$WEIGHTS" "$OUT/weights/$(basename "$WEIGHTS")"
+    WEIGHTS="$OUT/weights/$(basename "$WEIGHTS")"
   fi
 fi
 
