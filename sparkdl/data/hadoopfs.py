@@ -158,6 +158,50 @@ def check_writable(spark, uri: str, what: str, overwrite: bool) -> None:
     _access(spark, fs, parent, uri, "WRITE_EXECUTE", f"writing {what}")
 
 
+def is_file(spark, uri: str) -> bool:
+    fs, path = _fs_path(spark, uri)
+    with _hadoop(spark, uri, "looking up"):
+        return bool(fs.exists(path) and fs.getFileStatus(path).isFile())
+
+
+def list_dir(spark, uri: str) -> list[tuple[str, bool]]:
+    """(name, is_directory) of each entry of the directory ``uri``, sorted by name."""
+    fs, path = _fs_path(spark, uri)
+    with _hadoop(spark, uri, "listing"):
+        return sorted((str(st.getPath().getName()), bool(st.isDirectory())) for st in fs.listStatus(path))
+
+
+def rename(spark, src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst``, which must not exist (Hadoop would move ``src`` *into* an existing directory)."""
+    fs, src_path = _fs_path(spark, src)
+    _fs2, dst_path = _fs_path(spark, dst)
+    with _hadoop(spark, src, "renaming"):
+        if fs.exists(dst_path):
+            raise DataError(f"cannot rename {src} to {dst}: {dst} exists")
+        if not fs.rename(src_path, dst_path):
+            raise DataError(f"could not rename {src} to {dst}")
+
+
+def real_uri(spark, uri: str) -> str:
+    """The fully qualified URI with, on the driver's own disk, every symlink resolved (two spellings of one place
+    compare equal: a relative path, ``file://``, the default file system, a symlinked directory)."""
+    qualified = qualify(spark, uri).rstrip("/") or "/"
+    if urllib.parse.urlsplit(qualified).scheme == "file":
+        # Hadoop's Path.toString() is not percent-encoded: take the path as is (no unquoting)
+        # (and no '#'/'?' parsing: those are plain characters in a file name)
+        path = qualified[len("file:"):]
+        if path.startswith("//"):
+            path = "/" + path[2:].split("/", 1)[-1] if "/" in path[2:] else "/"
+        return "file:" + os.path.realpath(path)
+    return qualified
+
+
+def mkdirs(spark, uri: str) -> None:
+    fs, path = _fs_path(spark, uri)
+    with _hadoop(spark, uri, "creating"):
+        fs.mkdirs(path)
+
+
 def delete(spark, uri: str) -> None:
     fs, path = _fs_path(spark, uri)
     with _hadoop(spark, uri, "deleting"):
@@ -215,10 +259,17 @@ def put_dir(spark, local_dir: str | os.PathLike, uri: str, overwrite: bool) -> N
         fs.mkdirs(partial)
         for child in sorted(Path(local_dir).iterdir()):
             fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(child.resolve().as_uri()), partial)
+        # the previous copy stays until the new one is complete: moved aside, the new one renamed in, then deleted
+        replaced = jvm.org.apache.hadoop.fs.Path(uri.rstrip("/") + ".replaced")
         if fs.exists(path):
-            fs.delete(path, True)
+            if fs.exists(replaced):
+                fs.delete(replaced, True)
+            if not fs.rename(path, replaced):
+                raise DataError(f"could not move the previous {uri} aside to {replaced.toString()}")
         if not fs.rename(partial, path):
             raise DataError(f"could not rename {partial.toString()} to {uri}")
+        if fs.exists(replaced):
+            fs.delete(replaced, True)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from sparkdl.errors import DataError
 
 REASON_COL = "reject_reason"
 DETAIL_COL = "reject_detail"
+RUN_MARKER = "_sparkdl_run.json"  # in a table's (and its rejects') directory: the run that wrote it
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,6 @@ def rejects_uri(table_uri: str) -> str:
 
 def meta_uri(table_uri: str) -> str:
     return hadoopfs.sidecar_uri(table_uri, "meta.json")
-
-
-def check_output(spark, output_uri: str, overwrite: bool, what: str = "output") -> None:
-    """Before any work starts: refuse to clobber an existing table unless asked to, and fail on an output this
-    Hadoop user may not write (permission denied, parent is a file, name node unreachable)."""
-    hadoopfs.check_writable(spark, output_uri, what, overwrite)
 
 
 def check_input(spark, input_uri: str, what: str) -> None:
@@ -133,14 +128,57 @@ def write_meta(spark, table_uri: str, meta: dict) -> str:
     return uri
 
 
-def read_meta(spark, table_uri: str) -> dict:
+def read_meta(spark, table_uri: str, required: bool = True) -> dict | None:
+    """The table's ``<name>.meta.json``; ``required=False``: None when there is none (a table sparkdl did not write)."""
     uri = meta_uri(table_uri)
     if not hadoopfs.exists(spark, uri):
+        run = _run_of(spark, table_uri)
+        if run is not None:
+            raise DataError(f"{uri} is missing though `sparkdl {run.get('stage', '...')}` wrote {table_uri} (an "
+                            f"interrupted run?): re-run `sparkdl {run.get('stage', '...')}` to write the table again")  # fmt: skip
+        if not required:
+            return None
         raise DataError(f"{uri} is missing: {table_uri} was not written by sparkdl (its label mapping is kept there)")
     try:
-        return json.loads(hadoopfs.read_bytes(spark, uri))
+        meta = json.loads(hadoopfs.read_bytes(spark, uri))
     except json.JSONDecodeError as exc:
         raise DataError(f"{uri} is not valid JSON ({exc}); re-run the stage that wrote {table_uri}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{uri} is not a JSON object; re-run the stage that wrote {table_uri}")
+    check_same_run(spark, table_uri, meta)
+    return meta
+
+
+def _run_of(spark, directory: str) -> dict | None:
+    """The run marker in a table's directory (None: no marker, e.g. a table sparkdl did not write)."""
+    marker = f"{directory.rstrip('/')}/{RUN_MARKER}"
+    if not hadoopfs.exists(spark, marker):
+        return None
+    try:
+        run = json.loads(hadoopfs.read_bytes(spark, marker))
+    except json.JSONDecodeError:
+        run = None
+    return run if isinstance(run, dict) else {"run_id": "<unreadable>"}
+
+
+def check_same_run(spark, table_uri: str, meta: dict) -> None:
+    """Table, meta and rejects must come from one run: a crash while a stage swapped in its new outputs would
+    otherwise pair a new table with the old label mapping. Tables written before run ids (no marker, no
+    ``run_id``) pass."""
+    meta_run = meta.get("run_id")
+    stage = meta.get("stage", "the stage that wrote it")
+    parts = [("table", table_uri, _run_of(spark, table_uri))]
+    if hadoopfs.exists(spark, rejects_uri(table_uri)):
+        parts.append(("rejects", rejects_uri(table_uri), _run_of(spark, rejects_uri(table_uri))))
+    for what, uri, run in parts:
+        if meta_run is None and run is None:
+            continue
+        if run is None or run.get("run_id") != meta_run:
+            stage = (run or {}).get("stage", stage)
+            raise DataError(
+                f"{uri} and {meta_uri(table_uri)} come from different runs (a `sparkdl {stage}` was interrupted while "
+                f"replacing them): re-run `sparkdl {stage}` to write the {what} and its meta again"
+            )
 
 
 def check_columns(df, required: dict[str, tuple[str, ...]], what: str, uri: str) -> None:

@@ -167,9 +167,12 @@ class WebHdfs:
         partial = path.rstrip("/") + ".partial"
         self._call("uploading to", path, self._client.delete, partial, recursive=True)
         self._call("uploading to", path, self._client.upload, partial, str(local), n_threads=threads, overwrite=True)
+        replaced = path.rstrip("/") + ".replaced"  # the previous copy stays until the new one is complete
         if self.exists(path):
-            self.delete(path)
+            self._call("uploading to", path, self._client.delete, replaced, recursive=True)
+            self._call("renaming", path, self._client.rename, path, replaced)
         self._call("renaming", partial, self._client.rename, partial, path)
+        self._call("uploading to", path, self._client.delete, replaced, recursive=True)
         files = [local] if local.is_file() else [p for p in local.rglob("*") if p.is_file()]
         return sum(p.stat().st_size for p in files)
 

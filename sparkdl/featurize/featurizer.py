@@ -20,7 +20,7 @@ from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkdl.config import FeaturizeConfig
-from sparkdl.data import hadoopfs, tables
+from sparkdl.data import hadoopfs, outputs, tables
 from sparkdl.data.arrow import list_column
 from sparkdl.data.decode import ImageDecodeError, open_image
 from sparkdl.data.features import FEATURES_COLUMNS, FEATURES_FORMAT, IMAGES_TYPES
@@ -246,11 +246,10 @@ def plan_partitions(rows: int, parallelism: int, max_rows_per_partition: int) ->
 
 
 def _labels_of(spark, images, input_uri: str, say: Progress) -> dict:
-    try:
-        meta = tables.read_meta(spark, input_uri)
+    meta = tables.read_meta(spark, input_uri, required=False)  # a torn table/meta pair is refused here
+    if meta is not None:
         return {k: meta[k] for k in ("labels", "class_folders", "label_source") if k in meta}
-    except DataError:
-        say(f"featurize: {input_uri} has no sparkdl meta; deriving the label mapping from the table")
+    say(f"featurize: {input_uri} has no sparkdl meta; deriving the label mapping from the table")
     pairs = images.select("label_index", "label").distinct().collect()
     by_index: dict[int, set] = {}
     for row in pairs:
@@ -270,7 +269,10 @@ def featurize_images(spark, config: FeaturizeConfig, progress: Progress | None =
     ``config.weights`` may be a local path or a Hadoop URI (copied to the driver once, then shipped by Spark)."""
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
-    tables.check_output(spark, config.output_uri, config.overwrite)
+    reads = outputs.table_places("images table", config.input_uri)
+    if config.weights:
+        reads.append(outputs.Place("weights file", config.weights))
+    outputs.check_output(spark, "featurize", config.output_uri, config.overwrite, "table", "features table", inputs=reads)
     tables.check_input(spark, config.input_uri, "images table")
     if config.weights and not hadoopfs.is_local(config.weights):
         # weights on the cluster's file system: one copy on the driver, which Spark then ships to the executors
@@ -317,21 +319,20 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         tables.DETAIL_COL, F.col("featurize_error")
     )
     cached = out.persist(StorageLevel.MEMORY_AND_DISK)
+    sink = outputs.TableOutput(spark, config.output_uri, "featurize").open()
     try:
         say(f"featurize: {target} partitions, batch {config.batch_size}; running the backbone")
         counts, groups = tables.count_rejects(cached, ("split",))
         if counts.rows_in == 0:
             raise DataError(f"{config.input_uri} has no rows")
         say(f"featurize: {counts.rows_in} images, {counts.rejected} rejected {counts.by_reason or ''}".rstrip())
-        rejects_at = tables.write_rejects(cached, config.output_uri, stage="featurize")
-        tables.enforce_reject_fraction(counts, config.max_reject_fraction, "featurize", rejects_at)
+        rejects_at = sink.write_rejects(cached)
+        sink.enforce_rejects(counts, config.max_reject_fraction)
         say(f"featurize: writing {counts.rows_out} rows to {config.output_uri}")
-        (
-            cached.filter(F.col(tables.REASON_COL).isNull())
-            .select(*FEATURES_COLUMNS)
-            .write.mode("overwrite" if config.overwrite else "errorifexists")
-            .parquet(config.output_uri)
-        )
+        sink.write_table(cached.filter(F.col(tables.REASON_COL).isNull()).select(*FEATURES_COLUMNS))
+    except BaseException:
+        sink.abandon()
+        raise
     finally:
         cached.unpersist()
     seconds = time.perf_counter() - start
@@ -349,7 +350,7 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         "split_counts": split_counts,
         "seconds": round(seconds, 3),
     }
-    meta_at = tables.write_meta(spark, config.output_uri, meta)
+    meta_at = sink.finish(meta)
     return FeaturizeResult(
         output_uri=config.output_uri,
         rejects_uri=rejects_at,

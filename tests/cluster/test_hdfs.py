@@ -97,7 +97,7 @@ def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, ingested, tmp_path
     home, fs = hdfs["home"], hdfs["fs"]
     tree = make_caltech_tree(tmp_path / "data", per_class=2, bad_files=False)
     # writing under a directory of another user (mode 700)
-    with pytest.raises(DataError, match=r"permission denied writing output .*/locked/images.parquet.*Hadoop user") as err:
+    with pytest.raises(DataError, match=r"permission denied writing images table .*/locked/images.parquet.*Hadoop user") as err:
         ingest_images(spark, IngestConfig(images_uri=str(tree["root"]), output_uri=f"{fs}/locked/images.parquet"))
     assert "\n" not in str(err.value)
     # reading from it
@@ -132,7 +132,43 @@ def test_a_job_without_permission_exits_with_one_line(cluster, hdfs, tmp_path):
                  "--quiet", env={"HADOOP_USER_NAME": "mallory"})  # fmt: skip
     errors = _errors(res)
     assert res.returncode == 1 and len(errors) == 1, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "permission denied writing output" in errors[0] and "'mallory'" in errors[0]
+    assert "permission denied writing images table" in errors[0] and "'mallory'" in errors[0]
     # and over WebHDFS
     put = sparkdl("fs", "put", str(tree["root"]), f"{hdfs['home']}/mallory", "--webhdfs", hdfs["webhdfs"], "--user", "mallory")
     assert put.returncode == 1 and "permission denied" in _errors(put)[0] and "'mallory'" in _errors(put)[0]
+
+
+def test_overwrites_on_hdfs_keep_the_previous_output_until_the_new_one_is_complete(spark, hdfs, tmp_path, monkeypatch):
+    from sparkdl.config import IngestConfig
+    from sparkdl.data import outputs, tables
+    from sparkdl.data.images import ingest_images
+    from sparkdl.data.webhdfs import WebHdfs
+    from sparkdl.errors import DataError
+
+    home, fs = hdfs["home"], hdfs["fs"]
+    tree = make_caltech_tree(tmp_path / "data", per_class=2, bad_files=False)["root"]
+    out = f"{home}/swap/images.parquet"
+    first = ingest_images(spark, IngestConfig(images_uri=str(tree), output_uri=out))
+    (tree / "001.ak47").rename(tree / "001.rifle")
+    monkeypatch.setattr(outputs.TableOutput, "write_meta", lambda self, meta: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        ingest_images(spark, IngestConfig(images_uri=str(tree), output_uri=out, overwrite=True))
+    monkeypatch.undo()
+    assert tables.read_meta(spark, out)["labels"] == list(first.labels)  # the old set, whole
+    assert {r["label"] for r in spark.read.parquet(out).collect()} == set(first.labels)
+    ingest_images(spark, IngestConfig(images_uri=str(tree), output_uri=out, overwrite=True))
+    assert tables.read_meta(spark, out)["labels"][0] == "rifle"
+    admin, path = hdfs["admin"], f"{home.split(fs, 1)[1]}/swap"
+    assert sorted(e["name"] for e in admin.list(path)) == ["images.meta.json", "images.parquet", "images.rejects.parquet"]
+    # an output inside its input, on HDFS
+    with pytest.raises(DataError, match=r"^ingest: the output images table .* lies inside the input image folder"):
+        ingest_images(spark, IngestConfig(images_uri=f"{home}/swap", output_uri=f"{home}/swap/again.parquet"))
+    # sparkdl fs put --overwrite: the old copy stays until the new upload is complete, then is replaced
+    client = WebHdfs(hdfs["webhdfs"], hdfs["user"])
+    (tmp_path / "w.bin").write_bytes(b"old")
+    client.upload(tmp_path / "w.bin", f"{path}/w.bin")
+    (tmp_path / "w.bin").write_bytes(b"new!")
+    client.upload(tmp_path / "w.bin", f"{path}/w.bin", overwrite=True)
+    entries = {e["name"]: e for e in admin.list(path)}
+    assert entries["w.bin"]["length"] == 4
+    assert not any(n.endswith((".partial", ".replaced")) for n in entries)
