@@ -12,6 +12,7 @@ remote bundle too appears complete or not at all (written under ``<uri>.partial`
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sparkdl.config import HeadConfig
+from sparkdl.config import HEAD_KINDS, HeadConfig
 from sparkdl.errors import ConfigError, DataError
-from sparkdl.train.head import HeadSpec
+from sparkdl.train.head import HEAD_DTYPE, HeadSpec, TensorInfo, check_head_tensors, head_shapes
 
 BUNDLE_FORMAT = "sparkdl.model/1"
 
@@ -52,10 +53,10 @@ class ModelBundle:
         from safetensors.numpy import save_file
 
         out = Path(directory)
-        if out.exists():
+        if out.exists() or out.is_symlink():
             if not overwrite:
                 raise DataError(f"model directory {out} already exists: pass --overwrite or choose another path")
-            shutil.rmtree(out)
+            _check_replaceable(out)
         tmp = out.with_name(out.name + ".partial")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -66,45 +67,248 @@ class ModelBundle:
         with open(tmp / "events.jsonl", "w") as f:
             for event in self.events:
                 f.write(json.dumps(event) + "\n")
-        tmp.rename(out)  # a bundle is either complete or absent
+        _swap_in(tmp, out)  # complete or absent; the previous bundle stays until this one is complete
         return out
 
     @classmethod
     def load(cls, directory: str | Path) -> "ModelBundle":
-        from safetensors.numpy import load_file
-
+        """Reads an untrusted bundle: every malformed file is a one-line ``DataError`` naming the file and the field,
+        and the head's sizes are checked against ``head.safetensors``' header before anything is allocated."""
         d = Path(directory)
         config_path = d / "config.json"
         if not config_path.is_file():
             raise DataError(f"{d} is not a sparkdl model bundle (no config.json); train one with `sparkdl train`")
-        config = json.loads(config_path.read_text())
-        if config.get("format") != BUNDLE_FORMAT:
-            raise DataError(f"{config_path}: unknown bundle format {config.get('format')!r} (expected {BUNDLE_FORMAT})")
-        head_cfg = config["head"]
-        head = HeadSpec(
-            HeadConfig(kind=head_cfg["kind"], hidden=tuple(head_cfg["hidden"]), dropout=head_cfg["dropout"]),
-            int(config["feature_dim"]),
-            int(config["n_classes"]),
-            load_file(str(d / "head.safetensors")),
-        )
-        try:
-            head.build()
-        except RuntimeError as exc:
-            raise ConfigError(f"{d}/head.safetensors does not match config.json's head ({exc})") from None
-        metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
-        events = []
-        if (d / "events.jsonl").is_file():
-            events = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines() if line.strip()]
-        known = {"format", "backbone", "feature_dim", "n_classes", "labels", "head", "training"}
+        config = validate_config(_read_json(config_path, MAX_JSON_BYTES), config_path)
+        head = _load_head(config, d / "head.safetensors")
+        metrics = _read_metrics(d / "metrics.json")
         return cls(
             head=head,
-            labels=list(config["labels"]),
-            backbone=config.get("backbone", {}),
-            training=config.get("training", {}),
+            labels=config.labels,
+            backbone=config.backbone,
+            training=config.training,
             metrics=metrics,
-            events=events,
-            extra={k: v for k, v in config.items() if k not in known},
+            events=_read_events(d / "events.jsonl"),
+            extra=config.extra,
         )
+
+
+MAX_JSON_BYTES = 16 * 2**20  # config.json, metrics.json
+MAX_EVENTS_BYTES = 256 * 2**20  # events.jsonl: one short line per round and epoch
+MAX_HEADER_BYTES = 2**20  # head.safetensors' JSON header (a head has a few tensors: well under 1 KB)
+MAX_HIDDEN_LAYERS = 1024
+_CONFIG_KEYS = ("format", "backbone", "feature_dim", "n_classes", "labels", "head", "training")
+_REMEDY = "re-save the model or train it again with `sparkdl train`"
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """A bundle's config.json, validated."""
+
+    head: HeadConfig
+    feature_dim: int
+    n_classes: int
+    labels: list[str]
+    backbone: dict
+    training: dict
+    extra: dict
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_json(path: Path, limit: int) -> object:
+    size = path.stat().st_size
+    if size > limit:
+        raise DataError(f"{path} is {size} bytes, over the {limit // 2**20} MB limit for a bundle file; {_REMEDY}")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path} is not valid JSON ({_short(str(exc), 120)}); {_REMEDY}") from None
+
+
+def _top_level(raw: object, path: Path) -> dict:
+    if not isinstance(raw, dict):
+        raise DataError(f"{path} must hold a JSON object, got {type(raw).__name__} {_short(raw)}; {_REMEDY}")
+    return raw
+
+
+def _field(config: dict, key: str, path: Path, prefix: str = "") -> object:
+    if key not in config:
+        raise DataError(f"{path}: missing field {prefix + key!r}; {_REMEDY}")
+    return config[key]
+
+
+def _positive_int(value: object, name: str, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DataError(f"{path}: field {name!r} must be a positive integer, got {_short(value)}")
+    return value
+
+
+def _object(value: object, name: str, path: Path) -> dict:
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: field {name!r} must be a JSON object, got {_short(value)}")
+    return value
+
+
+def _head_config(raw: object, path: Path) -> HeadConfig:
+    head = _object(raw, "head", path)
+    kind = _field(head, "kind", path, "head.")
+    if kind not in HEAD_KINDS:
+        raise DataError(f"{path}: field 'head.kind' must be one of {HEAD_KINDS}, got {_short(kind)}")
+    hidden = _field(head, "hidden", path, "head.")
+    if not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN_LAYERS:
+        raise DataError(f"{path}: field 'head.hidden' must be a list of at most {MAX_HIDDEN_LAYERS} sizes, got {_short(hidden)}")
+    sizes = tuple(_positive_int(h, f"head.hidden[{i}]", path) for i, h in enumerate(hidden))
+    dropout = _field(head, "dropout", path, "head.")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise DataError(f"{path}: field 'head.dropout' must be a number in [0, 1), got {_short(dropout)}")
+    try:
+        return HeadConfig(kind=kind, hidden=sizes, dropout=float(dropout))
+    except ConfigError as exc:
+        raise DataError(f"{path}: field 'head' is inconsistent: {exc}") from None
+
+
+def _labels(raw: object, n_classes: int, path: Path) -> list[str]:
+    if not isinstance(raw, list) or len(raw) != n_classes:
+        size = f"{len(raw)} entries" if isinstance(raw, list) else _short(raw)
+        raise DataError(f"{path}: field 'labels' must be a list of n_classes = {n_classes} names, got {size}")
+    for i, label in enumerate(raw):
+        if not isinstance(label, str):
+            raise DataError(f"{path}: field 'labels[{i}]' must be a string, got {_short(label)}")
+    return list(raw)
+
+
+def validate_config(raw: object, path: Path) -> BundleConfig:
+    """config.json's content -> ``BundleConfig``, or a one-line ``DataError`` naming ``path`` and the field."""
+    config = _top_level(raw, path)
+    if config.get("format") != BUNDLE_FORMAT:
+        raise DataError(f"{path}: unknown bundle format {_short(config.get('format'))} (expected {BUNDLE_FORMAT})")
+    head = _head_config(_field(config, "head", path), path)
+    feature_dim = _positive_int(_field(config, "feature_dim", path), "feature_dim", path)
+    n_classes = _positive_int(_field(config, "n_classes", path), "n_classes", path)
+    return BundleConfig(
+        head=head,
+        feature_dim=feature_dim,
+        n_classes=n_classes,
+        labels=_labels(_field(config, "labels", path), n_classes, path),
+        backbone=_object(config.get("backbone", {}), "backbone", path),
+        training=_object(config.get("training", {}), "training", path),
+        extra={k: v for k, v in config.items() if k not in _CONFIG_KEYS},
+    )
+
+
+def _tensor_info(key: str, entry: object, data_bytes: int, path: Path) -> TensorInfo:
+    """One header entry; its byte range must lie in the file and, for float32, fit its shape exactly."""
+    entry = entry if isinstance(entry, dict) else {}
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    well_formed = (
+        isinstance(dtype, str)
+        and isinstance(shape, list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+    )
+    if not well_formed:
+        raise DataError(f"{path}: tensor {_short(key)} has a malformed header entry {_short(entry)}; {_REMEDY}")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_bytes:
+        raise DataError(f"{path}: tensor {_short(key)} lies past the end of the file (truncated?); {_REMEDY}")
+    if dtype == HEAD_DTYPE and end - begin != 4 * math.prod(shape):
+        raise DataError(f"{path}: tensor {_short(key)} has {end - begin} bytes of data, its shape {shape} needs {4 * math.prod(shape)}")
+    return TensorInfo(dtype, tuple(shape))
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Names, dtypes and shapes of the tensors in a safetensors file, from its header alone (bounded; no data read)."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing: a model bundle needs its head's weights; {_REMEDY}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
+        if length is None or 8 + length > size:
+            raise DataError(f"{path} is truncated or not a safetensors file (header length); {_REMEDY}")
+        if length > MAX_HEADER_BYTES:
+            raise DataError(f"{path}: header of {length} bytes is over the {MAX_HEADER_BYTES} limit: not a sparkdl head; {_REMEDY}")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise DataError(f"{path} is not a safetensors file (its header is not a JSON object); {_REMEDY}")
+    data_bytes = size - 8 - length
+    return {k: _tensor_info(k, v, data_bytes, path) for k, v in header.items() if k != "__metadata__"}
+
+
+def _load_head(config: BundleConfig, path: Path) -> HeadSpec:
+    """The head's tensors are checked against config.json from the header first: nothing is allocated for a head
+    whose sizes the file does not hold."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    expected = head_shapes(config.head, config.feature_dim, config.n_classes)
+    check_head_tensors(expected, read_safetensors_header(path), source=str(path))
+    try:
+        params = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a valid safetensors file ({_short(str(exc), 120)}); {_REMEDY}") from None
+    spec = HeadSpec(config.head, config.feature_dim, config.n_classes, params)
+    spec.check_shapes(source=str(path))  # the arrays as loaded, too
+    return spec
+
+
+def _read_metrics(path: Path) -> dict:
+    return _top_level(_read_json(path, MAX_JSON_BYTES), path) if path.is_file() else {}
+
+
+def _read_events(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    size = path.stat().st_size
+    if size > MAX_EVENTS_BYTES:
+        raise DataError(f"{path} is {size} bytes, over the {MAX_EVENTS_BYTES // 2**20} MB limit for a bundle file; {_REMEDY}")
+    events = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except (ValueError, RecursionError):
+                event = None
+            if not isinstance(event, dict):
+                raise DataError(f"{path}: line {number} is not a JSON object; {_REMEDY}")
+            events.append(event)
+    return events
+
+
+def _check_replaceable(out: Path) -> None:
+    """``--overwrite`` replaces an earlier bundle (a directory with config.json, or an empty one), nothing else."""
+    if not out.is_dir() or out.is_symlink():
+        raise DataError(f"model directory {out} is {'a symlink' if out.is_symlink() else 'a file'}, not a model bundle: "
+                        f"--overwrite replaces only an earlier bundle; remove it yourself or choose another path")  # fmt: skip
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and "config.json" not in entries:
+        raise DataError(f"model directory {out} is not a model bundle (it holds {len(entries)} entries such as "
+                        f"{entries[:3]}, no config.json): --overwrite replaces only an earlier bundle; remove it "
+                        f"yourself or choose another path")  # fmt: skip
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Move the complete ``new`` onto ``out``; an existing ``out`` is moved aside first and deleted afterwards."""
+    if not out.exists():
+        new.rename(out)
+        return
+    replaced = out.with_name(out.name + ".replaced")
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    out.rename(replaced)
+    new.rename(out)
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 def _need_spark(spark, uri: str):
