@@ -14,6 +14,7 @@ from typing import Callable
 from sparkdl.config import FeaturizeConfig, IngestConfig, TrainConfig
 
 Progress = Callable[[str], None]
+DEMO_MARKER = ".sparkdl-demo"  # in the digits tree: a later demo run may delete only a tree it wrote itself
 
 
 def write_digits_tree(root: str | os.PathLike, max_per_class: int | None = None) -> dict[str, int]:
@@ -56,8 +57,13 @@ def run_demo(
     if images_dir.exists():
         import shutil
 
+        if not (images_dir / DEMO_MARKER).is_file():
+            from sparkdl.errors import DataError
+
+            raise DataError(f"{images_dir} exists and was not written by `sparkdl demo`: choose another --workdir")
         shutil.rmtree(images_dir)
     counts = write_digits_tree(images_dir, max_per_class=max_per_class)
+    (images_dir / DEMO_MARKER).write_text("written by `sparkdl demo`; the next demo run in this workdir replaces it\n")
     say(f"demo: wrote {sum(counts.values())} digit images in {len(counts)} class folders under {images_dir}")
     ingest = ingest_images(
         spark,
