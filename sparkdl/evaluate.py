@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparkdl.data.arrow import features_matrix
+from sparkdl.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,16 @@ class Metrics:
 
 
 def partial_counts(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, int, float]:
-    """(confusion matrix, top-5 hits, summed cross-entropy) of one chunk of rows."""
+    """(confusion matrix, top-5 hits, summed cross-entropy) of one chunk of rows. Labels outside ``[0, n_classes)``
+    are refused (numpy would count -1 as the last class)."""
     labels = labels.astype(np.int64)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     if len(labels) == 0:
         return confusion, 0, 0.0
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        raise DataError(f"label_index outside [0, {n_classes}) in {int(bad.sum())} rows (e.g. {int(labels[bad][0])}): "
+                        "the labels do not match the model's classes")  # fmt: skip
     pred = logits.argmax(axis=1)
     np.add.at(confusion, (labels, pred), 1)
     k = min(5, n_classes)
@@ -108,7 +114,12 @@ def _evaluate_partition(batches, *, head_bc, n_classes, features_col, label_col)
 
 
 def evaluate_head(df, head_spec, n_classes: int, features_col: str = "features", label_col: str = "label_index") -> Metrics:
-    """Metrics of ``head_spec`` (a ``HeadSpec``: config + weights) on every row of ``df``, computed where the rows are."""
+    """Metrics of ``head_spec`` (a ``HeadSpec``: config + weights) on every row of ``df``, computed where the rows are.
+    ``features_col`` may be ``array<float|double>`` or a Spark ML Vector. No validation here: ``evaluate_model`` runs
+    ``validate_features`` first (labels outside ``[0, n_classes)`` still fail, in ``partial_counts``)."""
+    from sparkdl.data.features import as_float_arrays
+
+    df = as_float_arrays(df, features_col)
     spark = df.sparkSession
     head_bc = spark.sparkContext.broadcast(head_spec)
     try:

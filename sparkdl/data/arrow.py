@@ -7,13 +7,19 @@ from sparkdl.errors import DataError
 
 
 def features_matrix(column) -> np.ndarray:
-    """An Arrow ``list<float>`` column of equal-length rows -> (rows, dim) float32 matrix (no Python loop)."""
+    """An Arrow ``list<float>`` (or ``list<double>``) column of equal-length rows -> (rows, dim) float32 matrix (no
+    Python loop). A Spark ML Vector arrives as a struct: normalise it first (``features.as_float_arrays``)."""
     import pyarrow as pa
 
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_list(arr.type):
+        raise DataError(f"features must be an array of numbers, got Arrow type {arr.type} (convert a Vector column "
+                        "with pyspark.ml.functions.vector_to_array)")  # fmt: skip
     n = len(arr)
     if n == 0:
         return np.zeros((0, 0), dtype=np.float32)
+    if arr.null_count:
+        raise DataError(f"features are null in {arr.null_count} of {n} rows of one batch")
     offsets = arr.offsets.to_numpy()
     lengths = np.diff(offsets)
     if lengths.min() != lengths.max():

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from sparkdl.bundle import ModelBundle, load_bundle, save_bundle
 from sparkdl.config import TrainConfig
-from sparkdl.data import tables
-from sparkdl.data.features import read_features
+from sparkdl.data import outputs, tables
+from sparkdl.data.features import (LabelGroup, derive_labels, label_clashes, label_groups, label_warnings,
+                                   read_features, validate_features)  # fmt: skip
 from sparkdl.errors import DataError
 from sparkdl.evaluate import Metrics, evaluate_head
 from sparkdl.train.head import HeadSpec, build_head
@@ -28,23 +29,54 @@ class TrainSummary:
     seconds: float
     examples_per_second: float
     metrics: dict  # split -> headline metrics
+    warnings: list[str] = field(default_factory=list)  # trained, but probably not what was meant (one class, ...)
 
 
-def _feature_dim(df, meta: dict) -> int:
-    if "feature_dim" in meta:
-        return int(meta["feature_dim"])
+@dataclass(frozen=True)
+class TableLabels:
+    """A features table's label mapping: from its meta.json, or derived from its rows when it has none."""
+
+    labels: list[str]
+    source: str  # "meta" or "derived"
+    groups: list[LabelGroup]  # rows per (label_index, label, split)
+
+
+def _table_labels(df, meta: dict | None, uri: str) -> TableLabels:
+    groups = label_groups(df, uri)
+    if meta and meta.get("labels"):
+        return TableLabels(list(meta["labels"]), "meta", groups)
+    return TableLabels(derive_labels(groups, uri), "derived", groups)
+
+
+def _feature_dim(meta: dict | None, info: dict, uri: str) -> int:
+    """The rows' feature length (from ``validate_features``), refused when the meta.json says another."""
+    dim = int(info["feature_dim"])
+    said = (meta or {}).get("feature_dim", (meta or {}).get("backbone", {}).get("feature_dim"))
+    if said is not None and int(said) != dim:
+        raise DataError(f"{uri} has {dim}-d features but its meta.json says {said}-d: re-run featurize, or correct "
+                        f"feature_dim in {tables.meta_uri(uri)}")  # fmt: skip
+    return dim
+
+
+def _check_model_labels(groups: list[LabelGroup], model_labels: list[str], uri: str) -> None:
+    """A table without a meta.json, evaluated: its ``(label_index, label)`` pairs agree with each other and with the
+    model's mapping (indices already checked to be in range)."""
+    problems = label_clashes(groups)
+    for g in sorted({(g.label_index, g.label): g for g in groups if g.label_index is not None}.values(),
+                    key=lambda g: g.label_index):  # fmt: skip
+        if 0 <= g.label_index < len(model_labels) and g.label is not None and g.label != model_labels[g.label_index]:
+            problems.append(f"label_index {g.label_index} is {g.label!r} here (e.g. {g.example}) but "
+                            f"{model_labels[g.label_index]!r} in the model")  # fmt: skip
+    if problems:
+        raise DataError(f"{uri} has no meta.json and its labels do not match the model's: " + "; ".join(problems))
+
+
+def evaluate_splits(df, spec: HeadSpec, splits=SPLITS, counts: dict | None = None) -> dict[str, Metrics]:
+    """Metrics per split (those with rows; ``counts``: rows per split when known, e.g. ``validate_features``')."""
     from pyspark.sql import functions as F
 
-    first = df.select(F.size("features").alias("n")).first()
-    if first is None:
-        raise DataError("the features table is empty")
-    return int(first["n"])
-
-
-def evaluate_splits(df, spec: HeadSpec, splits=SPLITS) -> dict[str, Metrics]:
-    from pyspark.sql import functions as F
-
-    counts = {r["split"]: r["count"] for r in df.groupBy("split").count().collect()}
+    if counts is None:
+        counts = {r["split"]: r["count"] for r in df.groupBy("split").count().collect()}
     return {s: evaluate_head(df.filter(F.col("split") == s), spec, spec.n_classes) for s in splits if counts.get(s)}
 
 
@@ -58,10 +90,19 @@ def train_head(
 ) -> TrainSummary:
     say = progress or (lambda _msg: None)
     out = str(output_dir)
-    tables.check_output(spark, out, overwrite, what="model directory")  # before training, not after
+    # before training, not after: never onto the features table, only over an earlier bundle, writable
+    outputs.check_output(spark, "train", out, overwrite, "bundle", "model directory",
+                         inputs=outputs.table_places("features table", features_uri))
     df, meta = read_features(spark, features_uri)
-    labels = list(meta["labels"])
-    dim = _feature_dim(df, meta)
+    table = _table_labels(df, meta, features_uri)
+    labels = table.labels
+    info = validate_features(df, len(labels), features_uri)  # the same checks (and text) as evaluate's
+    dim = _feature_dim(meta, info, features_uri)
+    warnings = label_warnings(table.groups, labels)
+    for warning in warnings:
+        say(f"train: warning: {warning}")
+    if table.source == "derived":
+        say(f"train: {features_uri} has no meta.json: {len(labels)} labels derived from its rows")
     head = build_head(config.head, dim, len(labels), seed=config.seed)
     events, stats = EventLog(), StatsCollector()
     say(
@@ -72,7 +113,7 @@ def train_head(
     result = build_master(config).fit(df, head, len(labels), listeners=[events, stats, ScoreListener(say, every=config.score_every)])
     spec = HeadSpec.from_module(config.head, dim, len(labels), result.head)
     say(f"train: best epoch {result.best_epoch + 1}; evaluating every split")
-    per_split = evaluate_splits(df, spec)
+    per_split = evaluate_splits(df, spec, counts=info)
     seconds = time.perf_counter() - start
     metrics = {
         **{s: m.to_json() for s, m in per_split.items()},
@@ -86,8 +127,9 @@ def train_head(
     bundle = ModelBundle(
         head=spec,
         labels=labels,
-        backbone=meta.get("backbone", {}),
-        training={**config.to_json(), "features": features_uri},
+        backbone=(meta or {}).get("backbone", {}),
+        # label_source "derived": the table had no meta.json, the mapping came from its (label_index, label) pairs
+        training={**config.to_json(), "features": features_uri, "label_source": table.source, "warnings": warnings},
         metrics=metrics,
         events=events.events,
     )
@@ -100,6 +142,7 @@ def train_head(
         seconds=seconds,
         examples_per_second=result.stats.get("examples_per_second", 0.0),
         metrics={s: m.summary() for s, m in per_split.items()},
+        warnings=warnings,
     )
 
 
@@ -110,12 +153,17 @@ def evaluate_model(spark, model_dir: str | Path, features_uri: str, split: str |
     tables.check_input(spark, str(model_dir), "model")
     bundle = load_bundle(str(model_dir), spark=spark)
     df, meta = read_features(spark, features_uri)
-    dim = _feature_dim(df, meta)
-    if dim != bundle.head.in_dim:
-        raise DataError(f"{features_uri} has {dim}-d features but the model expects {bundle.head.in_dim}-d (another backbone?)")
-    if meta.get("labels") and list(meta["labels"]) != bundle.labels:
-        raise DataError(f"{features_uri}'s label mapping differs from the model's ({len(meta['labels'])} vs {len(bundle.labels)} labels)")
+    # the whole table, as train checks it (same text): NaN/inf, labels outside the model's classes, lengths
+    info = validate_features(df, bundle.head.n_classes, features_uri, need_train=False)
     rows = df if split is None else df.filter(F.col("split") == split)
     if rows.limit(1).count() == 0:
         raise DataError(f"{features_uri} has no rows with split = {split!r}")
+    dim = _feature_dim(meta, info, features_uri)
+    if dim != bundle.head.in_dim:
+        raise DataError(f"{features_uri} has {dim}-d features but the model expects {bundle.head.in_dim}-d (another backbone?)")
+    if meta and meta.get("labels"):
+        if list(meta["labels"]) != bundle.labels:
+            raise DataError(f"{features_uri}'s label mapping differs from the model's ({len(meta['labels'])} vs {len(bundle.labels)} labels)")
+    else:
+        _check_model_labels(label_groups(df, features_uri), bundle.labels, features_uri)
     return evaluate_head(rows, bundle.head, bundle.head.n_classes)
