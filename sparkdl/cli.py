@@ -319,10 +319,12 @@ def run_ingest(args, say) -> dict:
     say("ingest: starting Spark")
     result = ingest_images(_session(args), config, progress=say)
     payload = {**asdict(result), "files_per_second": result.rows_per_second}
+    hidden_rows = [("hidden folders", result.hidden_folders.summary())] if result.hidden_folders.names else []
     _print_summary(
         "ingest summary",
         [
             *_stage_rows(result),
+            *hidden_rows,
             ("classes", f"{len(result.labels)} ({result.label_source}) -> {result.meta_uri}"),
             ("time", f"{result.seconds:.1f} s ({result.rows_per_second:.1f} files/s)"),
         ],
@@ -386,6 +388,7 @@ def run_train(args, say) -> dict:
             ("best epoch", f"{result.best_epoch + 1} of {result.epochs_run}"),
             *_metrics_rows(result.metrics),
             ("time", f"{result.seconds:.1f} s ({result.examples_per_second:.0f} examples/s)"),
+            *[("warning", w) for w in result.warnings],  # also under "warnings" in the --json payload
         ],
         payload,
         args.json,

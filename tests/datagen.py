@@ -69,3 +69,22 @@ def make_features_table(spark, uri: str, n: int, dim: int, n_classes: int, seed:
     tables.write_meta(spark, uri, {"format": "sparkdl.features/1", "labels": [f"class{c}" for c in range(n_classes)],
                                    "feature_dim": dim, "backbone": {"name": "synthetic", "feature_dim": dim}})  # fmt: skip
     return {"uri": uri, "rows": rows}
+
+
+ODD_NAMES = ("a b.jpg", "100%.jpg", "p%20q.jpg", "#1.jpg", "c,d.jpg", "é.jpg", "日本.jpg", "[x]{y}?.jpg")
+ODD_CLASSES = ("cat a", "dog%20", "#é 日本")
+
+
+def make_odd_names_tree(root: Path, classes: tuple[str, ...] = ODD_CLASSES, names: tuple[str, ...] = ODD_NAMES) -> dict:
+    """``root/<class>/<name>`` with names Hadoop percent-escapes in URIs (space, ``%``, a literal ``%20``, ``#``, ``,``,
+    non-ASCII, glob characters), each a distinct JPEG, plus one zero-byte file. Returns the root, the good files'
+    relative paths and the empty file's."""
+    good = []
+    for ci, folder in enumerate(classes):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for j, name in enumerate(names):
+            (root / folder / name).write_bytes(jpeg_bytes(seed=500 + ci * 100 + j))
+            good.append(f"{folder}/{name}")
+    empty = f"{classes[0]}/zero bytes %.jpg"
+    (root / empty).write_bytes(b"")
+    return {"root": root, "good": sorted(good), "empty": empty}

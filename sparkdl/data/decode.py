@@ -11,8 +11,9 @@ NOT_AN_IMAGE = "not_an_image"
 CORRUPT_IMAGE = "corrupt_image"
 TOO_LARGE = "too_large"
 NOT_IN_CLASS_FOLDER = "not_in_class_folder"
+SYMLINK_LOOP = "symlink_loop"  # a symlink to a directory already read (ingest reads every directory once)
 
-REJECT_REASONS = (EMPTY_FILE, NOT_AN_IMAGE, CORRUPT_IMAGE, TOO_LARGE, NOT_IN_CLASS_FOLDER)
+REJECT_REASONS = (EMPTY_FILE, NOT_AN_IMAGE, CORRUPT_IMAGE, TOO_LARGE, NOT_IN_CLASS_FOLDER, SYMLINK_LOOP)
 
 
 class ImageDecodeError(Exception):

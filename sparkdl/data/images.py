@@ -2,8 +2,12 @@
 
 Table schema: ``path string, label string, label_index int, split string, image binary``.
 
-* Files are listed and read by Spark's ``binaryFile`` source (recursive). Names starting with ``.`` or ``_`` are
-  hidden files to every Spark file source and are not listed.
+* On the driver's own disk (``file:``) the driver walks the tree (following symlinks, entering no directory twice:
+  a symlink back to a directory already read is a ``symlink_loop`` reject) and the executors read the listed files;
+  elsewhere (HDFS, object stores) Spark's ``binaryFile`` source lists and reads (recursive). Either way names Spark's
+  file sources hide (``spark.sql.files.ignoredPathSegmentRegex``, default: starting with ``.`` or ``_``) are not
+  read; hidden folders directly below the root are counted in the meta (``hidden_folders``).
+* ``path`` is always in the reader's form (Hadoop's ``Path.toString()``: ``file:/d/a b.jpg``, never ``%20``).
 * The class of a file is the first folder below the root (for the usual ``root/<class>/<file>`` layout: the parent
   folder). Caltech-256's ``001.ak47`` gives label ``ak47``; when every class folder has such a numeric prefix,
   label indices follow the prefixes (``001`` -> 0), otherwise sorted folder names.
@@ -15,14 +19,18 @@ Table schema: ``path string, label string, label_index int, split string, image 
 from __future__ import annotations
 
 import hashlib
+import heapq
+import math
+import os
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from sparkdl.config import SPLIT_NAMES, IngestConfig
-from sparkdl.data import decode, hadoopfs, tables
-from sparkdl.errors import DataError
+from sparkdl.data import decode, hadoopfs, outputs, tables
+from sparkdl.errors import ConfigError, DataError
 
 Progress = Callable[[str], None]
 
@@ -34,6 +42,8 @@ VALIDATED_SCHEMA = (
 )
 IMAGES_COLUMNS = ("path", "label", "label_index", "split", "image")
 IMAGES_FORMAT = "sparkdl.images/1"
+_READ_SLICE_BYTES = 64 << 20  # bytes of files per partition when the executors read a driver-side listing
+_READ_BATCH_BYTES = 16 << 20  # bytes of file contents per Arrow batch those readers emit
 
 
 @dataclass(frozen=True)
@@ -143,36 +153,258 @@ def _validate_fn(root: str, seed: int, fractions: tuple[float, ...]):
     return run
 
 
-def read_images(spark, uri: str, partitions: int | None = None):
-    """Spark's binaryFile listing of every file below ``uri`` (recursive): ``path, modificationTime, length, content``."""
+class ListedFile(NamedTuple):
+    path: str  # the reader's form: file:/d/a b.jpg
+    length: int
+    mtime_ms: int
+
+
+@dataclass(frozen=True)
+class HiddenFolders:
+    """Folders directly below the root whose names Spark's file sources hide (by default: starting with ``_`` or
+    ``.``): never read and never classes, so counted here instead of disappearing without a word."""
+
+    names: tuple[str, ...] = ()
+    files: int = 0  # files below them (not read)
+
+    def to_json(self) -> dict:
+        return {"count": len(self.names), "names": list(self.names), "files": self.files}
+
+    def summary(self, shown: int = 5) -> str:
+        names = ", ".join(self.names[:shown]) + (", ..." if len(self.names) > shown else "")
+        return (
+            f"{len(self.names)} not read ({names}: {self.files} files); Spark's file sources skip names starting with "
+            "'_' or '.': rename them to ingest them"
+        )
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What listing an image tree found. ``files`` is None where Spark's binaryFile source lists (not ``file:``)."""
+
+    root: str  # qualified, the reader's form
+    files: tuple[ListedFile, ...] | None
+    loops: tuple[str, ...] = ()  # symlinks (reader's form) to directories already read: not entered
+    hidden_folders: HiddenFolders = field(default_factory=HiddenFolders)
+
+
+def reader_form(uri: str) -> str:
+    """A listed URI (``DataFrame.inputFiles()``: ``file:///d/a%20b.jpg``) in the form the binaryFile reader writes
+    in ``path`` (Hadoop's ``Path.toString()``: ``file:/d/a b.jpg``): escapes decoded, an empty authority dropped."""
+    parts = urllib.parse.urlsplit(uri)
+    head = f"{parts.scheme}:" if parts.scheme else ""
+    if parts.netloc:
+        head += "//" + parts.netloc
+    return head + urllib.parse.unquote(parts.path)
+
+
+def _hidden_name_rule(spark) -> Callable[[str], bool]:
+    """The names Spark's file sources skip while listing (``HadoopFSUtils.shouldFilterOutPathName`` with this session's
+    ``spark.sql.files.ignoredPathSegmentRegex``, default ``^[._]``)."""
+    key = "spark.sql.files.ignoredPathSegmentRegex"
+    regex = spark.conf.get(key, "^[._]")
+    try:
+        pattern = re.compile(regex) if regex else None
+    except re.error as exc:
+        raise ConfigError(f"{key}={regex!r} is not a regular expression Python can read ({exc}); simplify it") from None
+
+    def hidden(name: str) -> bool:
+        if name.startswith(("_common_metadata", "_metadata")):
+            return False
+        if name.endswith("._COPYING_"):
+            return True
+        if name.startswith("_") and "=" in name:
+            return False
+        return bool(pattern is not None and pattern.search(name))
+
+    return hidden
+
+
+def _local_dir(root: str) -> str | None:
+    """The driver-side directory of a qualified ``file:/d`` root (no unquoting: Path.toString() is not escaped)."""
+    if not root.startswith("file:/") or root.startswith("file://"):
+        return None
+    return root[len("file:"):].rstrip("/") or "/"
+
+
+def _scan(directory: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"cannot list {directory}: {exc.strerror or exc}") from None
+
+
+def _entry_kind(entry: os.DirEntry) -> str:
+    """``dir``, ``linked_dir``, ``file`` (symlinks followed), ``loop`` (a symlink that resolves to itself) or ``other``
+    (a broken symlink, a socket, a pipe: Hadoop's listing leaves those out too)."""
+    try:
+        if entry.is_dir():
+            return "linked_dir" if entry.is_symlink() else "dir"
+        return "file" if entry.is_file() else "other"
+    except OSError:  # ELOOP: a -> b -> a
+        return "loop"
+
+
+def _walk_local(root_dir: str, hidden: Callable[[str], bool]) -> tuple[list[ListedFile], list[str]]:
+    """Every file below ``root_dir`` and the symlinked directories not entered. Symlinks are followed, but no directory
+    is entered twice (by device and inode): the real tree first, then symlinked directories in name order, so a symlink
+    into the tree never takes a file away from its real class folder."""
+    files: list[ListedFile] = []
+    loops: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    real, linked = [root_dir], []
+    while real or linked:
+        top = real.pop() if real else heapq.heappop(linked)
+        try:
+            info = os.stat(top)
+        except OSError as exc:
+            raise DataError(f"cannot list {top}: {exc.strerror or exc}") from None
+        if (info.st_dev, info.st_ino) in seen:
+            loops.append(top)
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for entry in _scan(top):
+            if hidden(entry.name):
+                continue
+            path = top.rstrip("/") + "/" + entry.name
+            kind = _entry_kind(entry)
+            if kind == "dir":
+                real.append(path)
+            elif kind == "linked_dir":
+                heapq.heappush(linked, path)
+            elif kind == "loop":
+                loops.append(path)
+            elif kind == "file":
+                stat = entry.stat()
+                files.append(ListedFile(path, stat.st_size, stat.st_mtime_ns // 1_000_000))
+    return sorted(files), sorted(loops)
+
+
+def _count_files_local(directory: str) -> int:
+    return sum(len(names) for _dirpath, _dirs, names in os.walk(directory))  # symlinked directories not followed
+
+
+def _hidden_folders_local(root_dir: str, hidden: Callable[[str], bool]) -> HiddenFolders:
+    folders = [e for e in _scan(root_dir) if hidden(e.name) and _entry_kind(e) in ("dir", "linked_dir")]
+    return HiddenFolders(
+        tuple(e.name for e in folders), sum(_count_files_local(f"{root_dir.rstrip('/')}/{e.name}") for e in folders)
+    )
+
+
+def _hidden_folders_hadoop(spark, root: str, hidden: Callable[[str], bool]) -> HiddenFolders:
+    """One listing of the root and one content summary per hidden folder, through Spark's Hadoop client."""
+    fs, path = hadoopfs._fs_path(spark, root)
+    names, files = [], 0
+    with hadoopfs._hadoop(spark, root, "listing"):
+        for status in fs.listStatus(path):
+            name = str(status.getPath().getName())
+            if hidden(name) and status.isDirectory():
+                names.append(name)
+                files += int(fs.getContentSummary(status.getPath()).getFileCount())
+    return HiddenFolders(tuple(sorted(names)), files)
+
+
+def list_images(spark, uri: str) -> Listing:
+    """Check ``uri`` is a readable folder and list it: on ``file:`` every file (see :func:`_walk_local`), elsewhere only
+    the hidden folders below the root (Spark's binaryFile source lists the files; HDFS has symlinks off by default)."""
     tables.check_input(spark, uri, "image folder")
     if not hadoopfs.is_dir(spark, uri):
         raise DataError(f"{uri} is a file; --images must be the root folder of an image-folder tree")
+    root = hadoopfs.qualify(spark, uri)
+    hidden = _hidden_name_rule(spark)
+    root_dir = _local_dir(root)
+    if root_dir is None:
+        return Listing(root, None, hidden_folders=_hidden_folders_hadoop(spark, root, hidden))
+    files, loops = _walk_local(root_dir, hidden)
+    return Listing(
+        root,
+        tuple(f._replace(path="file:" + f.path) for f in files),
+        tuple("file:" + p for p in loops),
+        _hidden_folders_local(root_dir, hidden),
+    )
+
+
+def _read_local_fn(batch_bytes: int = _READ_BATCH_BYTES):
+    """The executor-side reader of listed ``file:`` paths (bounded Arrow batches: images can be large)."""
+
+    def run(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        schema = pa.schema(
+            [("path", pa.string()), ("length", pa.int64()), ("mtime_ms", pa.int64()), ("content", pa.binary())]
+        )
+        for batch in batches:
+            cols: dict[str, list] = {name: [] for name in schema.names}
+            size = 0
+            for path, mtime_ms in zip(batch.column("path").to_pylist(), batch.column("mtime_ms").to_pylist()):
+                with open(path[len("file:"):], "rb") as fh:
+                    data = fh.read()
+                for name, value in zip(schema.names, (path, len(data), mtime_ms, data)):
+                    cols[name].append(value)
+                size += len(data)
+                if size >= batch_bytes:
+                    yield pa.RecordBatch.from_pydict(cols, schema=schema)
+                    cols, size = {name: [] for name in schema.names}, 0
+            if cols["path"]:
+                yield pa.RecordBatch.from_pydict(cols, schema=schema)
+
+    return run
+
+
+def _read_listed(spark, files: tuple[ListedFile, ...], partitions: int | None):
+    """binaryFile's columns for files the driver listed: the executors read them, ``partitions`` slices (default:
+    about 64 MiB of files each, at least one per core)."""
+    from pyspark.sql import functions as F
+
+    total = sum(f.length for f in files)
+    slices = partitions or max(spark.sparkContext.defaultParallelism, math.ceil(total / _READ_SLICE_BYTES))
+    rows = spark.sparkContext.parallelize([(f.path, f.mtime_ms) for f in files], max(1, min(slices, len(files))))
+    listed = spark.createDataFrame(rows, "path string, mtime_ms long")
+    read = listed.mapInArrow(_read_local_fn(), "path string, length long, mtime_ms long, content binary")
+    return read.select("path", F.timestamp_millis("mtime_ms").alias("modificationTime"), "length", "content")
+
+
+def read_images(spark, uri: str, partitions: int | None = None, listing: Listing | None = None):
+    """Every file below ``uri`` (recursive) as Spark's binaryFile columns ``path, modificationTime, length, content``.
+    ``listing``: :func:`list_images` of ``uri``, when the caller has it already."""
+    listing = listing or list_images(spark, uri)
+    if listing.files is not None:
+        return _read_listed(spark, listing.files, partitions)
     df = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uri)
     if partitions is not None:
         df = df.repartition(partitions)
     return df
 
 
-def _unread_files(spark, validated, listed: list[str], root: str):
-    """Rows (as rejects) for files the listing found but the binaryFile reader never produced."""
-    listed_df = spark.createDataFrame([(relative_path(p, root),) for p in listed], "rel_path string")
-    missing = [r["rel_path"] for r in listed_df.join(validated.select("rel_path"), "rel_path", "left_anti").collect()]
+def spark_listed_files(df) -> list[str]:
+    """The files a binaryFile DataFrame lists, in the reader's form (``inputFiles()`` percent-escapes them)."""
+    return [reader_form(uri) for uri in df.inputFiles()]
+
+
+def _listed_rejects(spark, paths: list[str], root: str, reason: str, detail: str):
+    """Rejects (in the validated schema) for listed paths that produce no row of their own."""
     rows = []
-    for rel in sorted(missing):
+    for path in sorted(paths):
+        rel = relative_path(path, root)
         parts = rel.split("/")
-        rows.append(
-            (
-                root.rstrip("/") + "/" + rel,  # the form Spark's reader reports paths in
-                rel,
-                parts[0] if len(parts) > 1 else None,
-                None,
-                None,
-                decode.EMPTY_FILE,
-                "the file has 0 bytes (listed, but Spark's binaryFile reader skips empty files)",
-            )
-        )
+        rows.append((path, rel, parts[0] if len(parts) > 1 else None, None, None, reason, detail))
     return spark.createDataFrame(rows, VALIDATED_SCHEMA)
+
+
+def _unread_files(spark, validated, listed: list[str], root: str):
+    """Rows (as rejects) for files the listing found but the binaryFile reader never produced. ``listed``: in the
+    reader's form (:func:`spark_listed_files`), so that names with spaces, ``%``, ``#`` or non-ASCII compare equal."""
+    listed_df = spark.createDataFrame([(p, relative_path(p, root)) for p in listed], "path string, rel_path string")
+    missing = [r["path"] for r in listed_df.join(validated.select("rel_path"), "rel_path", "left_anti").collect()]
+    detail = "the file has 0 bytes (listed, but Spark's binaryFile reader skips empty files)"
+    return _listed_rejects(spark, missing, root, decode.EMPTY_FILE, detail)
+
+
+def _loop_rejects(spark, loops: tuple[str, ...], root: str):
+    """Rejects for the symlinks :func:`list_images` did not follow (their directory is read once, elsewhere)."""
+    detail = "a symlink back to a directory already read (or to itself): not followed, so no file is read twice"
+    return _listed_rejects(spark, list(loops), root, decode.SYMLINK_LOOP, detail)
 
 
 @dataclass(frozen=True)
@@ -180,6 +412,7 @@ class IngestResult(tables.StageResult):
     labels: tuple[str, ...] = ()
     label_source: str = ""
     class_counts: dict[str, int] = field(default_factory=dict)
+    hidden_folders: HiddenFolders = field(default_factory=HiddenFolders)  # not read: Spark hides their names
 
 
 def ingest_images(spark, config: IngestConfig, progress: Progress | None = None) -> IngestResult:
@@ -189,27 +422,34 @@ def ingest_images(spark, config: IngestConfig, progress: Progress | None = None)
 
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
-    tables.check_output(spark, config.output_uri, config.overwrite)
+    outputs.check_output(spark, "ingest", config.output_uri, config.overwrite, "table", "images table",
+                         inputs=[outputs.Place("image folder", config.images_uri)])
+    out = outputs.TableOutput(spark, config.output_uri, "ingest").open()
     root = hadoopfs.qualify(spark, config.images_uri)
-    raw = read_images(spark, config.images_uri, config.partitions)
+    listing = list_images(spark, config.images_uri)
+    raw = read_images(spark, config.images_uri, config.partitions, listing)
     say(f"ingest: listing and decoding files below {root}")
+    if listing.hidden_folders.names:
+        say(f"ingest: hidden folders: {listing.hidden_folders.summary()}")
 
     validated = raw.select("path", "content").mapInArrow(
         _validate_fn(root, config.seed, tuple(config.split)), VALIDATED_SCHEMA
     )
+    if listing.loops:
+        validated = validated.unionByName(_loop_rejects(spark, listing.loops, root))
     cached = validated.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts, groups = tables.count_rejects(validated, ("split", "class_dir"))
-        listed = raw.inputFiles()
-        if len(listed) > counts.rows_in:
+        listed = spark_listed_files(raw) if listing.files is None else [f.path for f in listing.files]
+        if len(listed) + len(listing.loops) > counts.rows_in:
             # Spark's file sources skip zero-length files without a word; find them and count them as rejects.
             validated = validated.unionByName(_unread_files(spark, validated, listed, root))
             counts, groups = tables.count_rejects(validated, ("split", "class_dir"))
         if counts.rows_in == 0:
             raise DataError(f"no files found below {root}")
         say(f"ingest: {counts.rows_in} files read, {counts.rejected} rejected {counts.by_reason or ''}".rstrip())
-        rejects_at = tables.write_rejects(validated, config.output_uri, stage="ingest")
-        tables.enforce_reject_fraction(counts, config.max_reject_fraction, "ingest", rejects_at)
+        rejects_at = out.write_rejects(validated)
+        out.enforce_rejects(counts, config.max_reject_fraction)
 
         mapping = LabelMapping.from_folders({key[1] for _, key, _ in groups if key[1] is not None})
         index = mapping.index_of_folder()
@@ -223,7 +463,10 @@ def ingest_images(spark, config: IngestConfig, progress: Progress | None = None)
             F.col("image"),
         )
         say(f"ingest: writing {counts.rows_out} rows, {len(mapping.labels)} classes ({mapping.source}) to {config.output_uri}")
-        table.write.mode("overwrite" if config.overwrite else "errorifexists").parquet(config.output_uri)
+        out.write_table(table)
+    except BaseException:
+        out.abandon()
+        raise
     finally:
         cached.unpersist()
 
@@ -242,8 +485,9 @@ def ingest_images(spark, config: IngestConfig, progress: Progress | None = None)
         "rejects": counts.by_reason,
         "split_counts": split_counts,
         "class_counts": class_counts,
+        "hidden_folders": listing.hidden_folders.to_json(),
     }
-    meta_at = tables.write_meta(spark, config.output_uri, meta)
+    meta_at = out.finish(meta)
     return IngestResult(
         output_uri=config.output_uri,
         rejects_uri=rejects_at,
@@ -256,4 +500,5 @@ def ingest_images(spark, config: IngestConfig, progress: Progress | None = None)
         label_source=mapping.source,
         seconds=seconds,
         class_counts=class_counts,
+        hidden_folders=listing.hidden_folders,
     )
