@@ -16,6 +16,7 @@ _EXPORTS = {
     "DataError": "sparkdl.errors",
     "TransportError": "sparkdl.errors",
     "WorkerFailedError": "sparkdl.errors",
+    "DivergedError": "sparkdl.errors",
     "SessionConfig": "sparkdl.config",
     "IngestConfig": "sparkdl.config",
     "FeaturizeConfig": "sparkdl.config",

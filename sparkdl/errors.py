@@ -20,3 +20,8 @@ class TransportError(SparkDLError):
 
 class WorkerFailedError(SparkDLError):
     """A distributed worker failed; the message names the rank and the cause."""
+
+
+class DivergedError(DataError):
+    """Training produced a NaN/inf loss or parameters; the message names the epoch and round (lower the learning
+    rate or scale the features)."""

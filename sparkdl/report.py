@@ -93,9 +93,9 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, ti
     size = min(12, 3 + 0.35 * len(labels))
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(m, cmap="Blues")
-    if len(labels) <= 30:
-        ax.set_xticks(range(len(labels)), labels, rotation=90)
-        ax.set_yticks(range(len(labels)), labels)
+    if len(labels) <= 30:  # labels are data, drawn as they are: '$', '\\' and '_' are no mathtext markup
+        ax.set_xticks(range(len(labels)), labels, rotation=90, parse_math=False)
+        ax.set_yticks(range(len(labels)), labels, parse_math=False)
         for (i, j), v in np.ndenumerate(m):
             if v:
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > m.max() / 2 else "black")
@@ -133,7 +133,8 @@ def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     facts = {k: bundle.metrics.get(k) for k in ("best_epoch", "epochs_run", "wall_seconds", "examples_per_second",
                                                 "bytes_driver_to_workers", "bytes_workers_to_driver", "phase_seconds",
                                                 "bytes_between_workers", "update_bytes", "dense_equivalent_bytes",
-                                                "compression_ratio", "sent_fraction", "ranks_identical")
+                                                "compression_ratio", "sent_fraction", "ranks_identical",
+                                                "transport_rejected")
              if k in bundle.metrics}  # fmt: skip
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sparkdl training report</title>
 <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}table{{border-collapse:collapse}}

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
+from sparkdl import errors
 from sparkdl.train.collective import Mailbox, tree_allreduce
 from sparkdl.transport.base import Transport
 
@@ -42,9 +43,21 @@ class WorkerContext:
 WorkerFn = Callable[[WorkerContext, Iterator], R]
 
 
+def data_error(name: str, message: str) -> errors.DataError | None:
+    """``sparkdl.errors.<name>(message)`` when ``name`` (bare, or qualified by ``sparkdl.errors``) is a ``DataError``
+    class, else None. A rank's bad data or diverged fit is the user's to fix whatever the rank, so a launch raises
+    it as itself instead of wrapping it in ``WorkerFailedError``."""
+    module, _, bare = name.rpartition(".")
+    cls = getattr(errors, bare, None) if module in ("", errors.__name__) else None
+    if isinstance(cls, type) and issubclass(cls, errors.DataError):
+        return cls(message)
+    return None
+
+
 class Launcher(ABC):
     @abstractmethod
     def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None) -> list:
         """Run ``fn`` on every rank of ``data`` (one partition / shard per rank); results in rank order.
         Events a worker passes to ``ctx.report`` reach ``on_event`` on the calling side while the launch runs.
-        A failure on any rank raises ``WorkerFailedError`` naming it."""
+        A failure on any rank raises ``WorkerFailedError`` naming it; a ``DataError`` (``DivergedError``...) a rank
+        raises is raised as itself (``data_error``)."""

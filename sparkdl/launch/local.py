@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from sparkdl.config import TransportConfig
 from sparkdl.errors import ConfigError, TransportError, WorkerFailedError
-from sparkdl.launch.base import Launcher, WorkerContext, WorkerFn
+from sparkdl.launch.base import Launcher, WorkerContext, WorkerFn, data_error
 from sparkdl.transport import build_transport
 from sparkdl.transport.inproc import InProcessNetwork
 
@@ -99,7 +99,7 @@ class LocalLauncher(Launcher):
                 t.close()
         cause = _first_cause(errors)
         if cause is not None:
-            raise _failure(*cause) from cause[1]
+            raise data_error(type(cause[1]).__name__, str(cause[1])) or _failure(*cause) from cause[1]
         return results
 
     def _processes(self, fn: WorkerFn, shards: list, on_event: Callable[[dict], None]) -> list:
@@ -145,7 +145,8 @@ class LocalLauncher(Launcher):
         if failed:
             real = [f for f in failed if f[1][1] != "TransportError"] or failed
             rank, (_, kind, text) = real[0]
-            raise WorkerFailedError(f"worker rank {rank} failed: {kind}: {text}")
+            found = data_error(kind, text.split("\n", 1)[0])  # text: the message, then the traceback
+            raise found or WorkerFailedError(f"worker rank {rank} failed: {kind}: {text}")
         return results
 
 

@@ -5,20 +5,22 @@ Each task starts its transport on its own executor host (an ephemeral port), and
 the task closure. After ``fn`` returns, the task flushes its sends and waits at a barrier (over the transport:
 ``BarrierTaskContext.barrier()`` polls once a second) before closing, so no rank shuts its server while a peer
 still talks to it. With ``on_event``, the driver runs a receive-only gRPC sink and rank 0's ``ctx.report`` events
-reach it while the stage runs (progress lines, listeners). A failed task fails the stage; Spark retries the whole
-barrier stage (``spark.stage.maxConsecutiveAttempts``), which re-runs every rank from the same inputs.
+reach it while the stage runs (progress lines, listeners). A failed task fails the stage and the launch: Spark 4.3
+does not retry a failed barrier stage ("Could not recover from a failed barrier ResultStage"), so the caller must run
+it again.
 """
 from __future__ import annotations
 
 import functools
 import json
+import re
 import secrets
 import threading
 from typing import Callable
 
 from sparkdl.config import TransportConfig
-from sparkdl.errors import ConfigError, WorkerFailedError
-from sparkdl.launch.base import Launcher, WorkerContext, WorkerFn
+from sparkdl.errors import ConfigError, SparkDLError, WorkerFailedError
+from sparkdl.launch.base import Launcher, WorkerContext, WorkerFn, data_error
 
 
 class _Reporter:
@@ -162,11 +164,28 @@ class SparkBarrierLauncher(Launcher):
         try:
             pairs = data.barrier().mapPartitions(task).collect()
         except Exception as e:
-            raise WorkerFailedError(f"the barrier stage failed: {_python_cause(e)}") from e
+            raise _stage_error(e) from e
         finally:
             if sink is not None:
                 sink.close()
         return [result for _, result in sorted(pairs, key=lambda p: p[0])]
+
+
+def _stage_error(error: Exception) -> SparkDLError:
+    """One line for a failed barrier stage: a ``DataError`` a rank raised as itself, a dead Python worker by its
+    rank, anything else as the last line of the Python traceback. Spark does not retry a failed barrier stage."""
+    cause = _python_cause(error)
+    name, _, message = cause.partition(": ")
+    found = data_error(name, message)
+    if found is not None:
+        return found
+    text = str(error)
+    if "Python worker exited unexpectedly" in text:
+        task = re.search(r"barrier task ResultTask\(\d+, (\d+)\)", text)
+        who = f"worker rank {task[1]}" if task else "a worker"
+        return WorkerFailedError(f"the barrier stage failed: {who} died (killed, or out of memory?) and Spark does "
+                                 "not retry a barrier stage: run it again")  # fmt: skip
+    return WorkerFailedError(f"the barrier stage failed: {cause}")
 
 
 def _python_cause(error: Exception) -> str:
@@ -176,5 +195,5 @@ def _python_cause(error: Exception) -> str:
     for line in reversed(lines):
         if "Error: " in line or "Exception: " in line:
             if not line.startswith(("at ", "org.apache", "py4j")):
-                return line
+                return line.lstrip(": ")
     return lines[0] if lines else type(error).__name__

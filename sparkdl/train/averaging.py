@@ -18,8 +18,9 @@ rows ``r*B .. (r+1)*B - 1`` of that order, ``B = batch_size_per_worker x averagi
 - ``barrier`` (default): the whole fit is one Spark barrier stage (``SparkBarrierLauncher``); the workers sum
   over a tree (``tree_fanout``) through the transport (gRPC), so every worker holds the same bits after each round,
   and each scores its share of ``valid`` at epoch end (the confusion counts are summed the same way). Rank 0
-  streams round / epoch events to the driver while it runs. A failed task fails the stage and Spark re-runs the
-  whole fit. Costs one stage launch per fit instead of one Spark job per round.
+  streams round / epoch events to the driver while it runs. A failed task fails the fit (Spark does not retry a
+  failed barrier stage): nothing is written, run it again. Costs one stage launch per fit instead of one Spark job
+  per round.
 - ``rounds``: one Spark job per round, as DL4J: the driver broadcasts the state, each partition fits its rows and
   ``treeReduce(depth)`` sums (collected and summed on the driver where Spark's tree would add no level). A lost
   task is retried alone; per-round job latency (about 0.15 s on local[2]) dominates small heads.
@@ -37,6 +38,7 @@ import numpy as np
 from torch import nn
 
 from sparkdl.data.features import validate_features
+from sparkdl.errors import DivergedError
 from sparkdl.evaluate import evaluate_head
 from sparkdl.train.barrier import lay_out, params_digest, run_launch, score_valid_shard, steps_per_epoch
 from sparkdl.train.collective import tree_allreduce
@@ -119,7 +121,16 @@ def _fit_round(elements, state_bc, round_index: int):
 
 # ------------------------------------------------------------------------------------------ barrier execution
 def _barrier_fit(ctx, elements, state: dict) -> dict:
-    """Executor side, ``barrier`` execution: the whole fit on one rank; sums over the transport's tree."""
+    """Executor side, ``barrier`` execution: the whole fit on one rank; sums over the transport's tree.
+    Divergence is found in sums every rank holds (the same bits), so every rank stops at the same round and the
+    launch ends cleanly with ``diverged`` set (no task fails, no traceback in the logs); the driver raises it."""
+    try:
+        return _fit_rank(ctx, elements, state)
+    except DivergedError as e:
+        return {"rank": ctx.rank, "diverged": str(e)}
+
+
+def _fit_rank(ctx, elements, state: dict) -> dict:
     import torch
 
     cfg = state["config"]
@@ -171,6 +182,8 @@ def _barrier_fit(ctx, elements, state: dict) -> dict:
             params = average(dict(zip(keys, total[: len(keys)])), k)
             if cfg.average_updater_state and opt_keys:
                 opt_state = average(dict(zip(opt_keys, total[len(keys) : len(keys) + len(opt_keys)])), k)
+            tracker.check_loss(counts[1], epoch, r)  # every rank holds the same sums: all stop at the same round
+            tracker.check_finite(params.values(), epoch, r)
             loss_sum += counts[1]
             examples += int(counts[2])
             t3 = time.perf_counter()
@@ -270,6 +283,8 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                  "rounds_per_epoch": rounds_per_epoch}  # fmt: skip
 
         outs = run_launch(launcher, functools.partial(_barrier_fit, state=state), shards, listeners)
+        if outs[0].get("diverged"):
+            raise DivergedError(outs[0]["diverged"])
         head_out = outs[0]
         digests = {o["digest"] for o in outs}
         if len(digests) != 1:  # the allreduce hands every rank the root's bits: anything else is a bug
@@ -283,6 +298,7 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
             "examples": examples,
             "iterations": len(history) * rounds_per_epoch,
             "bytes_between_workers": sent,
+            "transport_rejected": sum(o["transport"]["rejected"] for o in outs),  # refused calls: wrong secret, probes
             "bytes_driver_to_workers": param_bytes * cfg.workers,  # the initial head, in the stage's closure
             "bytes_workers_to_driver": 2 * param_bytes,  # rank 0's final and best parameters
             "allreduce_payload_bytes": head_out["payload_bytes"],
@@ -332,6 +348,8 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                     opt_state = average(summed["opt"], k)
                 t3 = time.perf_counter()
                 state_bc.destroy()
+                tracker.check_loss(summed["loss_sum"], epoch, r)
+                tracker.check_finite(params.values(), epoch, r)
                 param_bytes = sum(v.nbytes for v in params.values()) + sum(v.nbytes for v in opt_state.values())
                 bytes_each_way += param_bytes * k
                 loss_sum += summed["loss_sum"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
+import numpy as np
 from torch import nn
 
 from sparkdl.config import TrainConfig
-from sparkdl.errors import ConfigError
+from sparkdl.errors import ConfigError, DivergedError
 from sparkdl.train.listeners import TrainingListener
 
 
@@ -54,6 +55,25 @@ class EpochTracker:
         else:
             self._stale += 1
         return record
+
+    def check_loss(self, loss: float, epoch: int, step: int) -> None:
+        """Stop with ``DivergedError`` when a round's (step's) loss is NaN or inf: one scalar, no result changes."""
+        if not math.isfinite(loss):
+            raise self._diverged(epoch, step, f"the training loss is {loss}")
+
+    def check_finite(self, arrays: Iterable[np.ndarray], epoch: int, step: int, what: str = "the parameters") -> None:
+        """Stop with ``DivergedError`` when any of ``arrays`` (the parameters after an averaging or an exchange, a
+        gradient residual) holds NaN or inf."""
+        for a in arrays:
+            if not np.isfinite(a).all():
+                raise self._diverged(epoch, step, f"{what} hold NaN or inf")
+
+    def _diverged(self, epoch: int, step: int, what: str) -> DivergedError:
+        unit = "round" if self.config.master == "averaging" else "step"
+        return DivergedError(
+            f"training diverged in epoch {epoch + 1}/{self.config.epochs}, {unit} {step + 1}: {what}; lower --lr "
+            f"(now {self.config.optimizer.lr:g}) or scale the features (standardize them)"
+        )
 
     @property
     def should_stop(self) -> bool:

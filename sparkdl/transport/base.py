@@ -10,7 +10,8 @@ Life of a transport inside one launch (the launcher drives it; masters only ``se
 
 Guarantees: messages on one link (sender -> receiver) arrive in the order they were sent; a receiver accepts a
 message only from a peer that presented the job secret; a malformed frame raises ``TransportError`` and is never
-delivered in part. Nothing is retried here: a lost peer is a failed launch (Spark then retries the whole stage).
+delivered in part. Nothing is retried here: a lost peer is a failed launch (and Spark does not retry a failed
+barrier stage: the fit fails and must be run again).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ class TransportStats:
     messages_received: int = 0
     bytes_sent: int = 0  # frames, headers included
     bytes_received: int = 0
-    rejected: int = 0  # incoming calls or frames refused (bad secret, malformed)
+    rejected: int = 0  # incoming calls or frames refused (bad secret, another method, malformed): a trace of probes
     by_peer_sent: dict[int, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:

@@ -3,9 +3,10 @@
 - Server: a generic handler for ``/sparkdl.Transport/Stream`` bound to the task's own host on an ephemeral port
   (never 0.0.0.0). A stream must carry the job secret in its metadata (``sparkdl-secret``) or it is aborted with
   ``UNAUTHENTICATED`` before any frame is read (a call that comes before this rank's own ``connect`` waits for
-  it, up to ``connect_timeout_s``). Each frame is parsed (magic, length, checksum) before it is put in
-  the inbox, and acknowledged with one byte on the response stream; a malformed frame aborts the stream with
-  ``INVALID_ARGUMENT`` and nothing of it is delivered.
+  it, up to ``connect_timeout_s``); a call to any other method is refused with ``UNIMPLEMENTED``. Both count in
+  ``stats.rejected`` (the masters sum it over the ranks as ``transport_rejected``). Each frame is parsed (magic,
+  length, checksum) before it is put in the inbox, and acknowledged with one byte on the response stream; a
+  malformed frame aborts the stream with ``INVALID_ARGUMENT`` (counted too) and nothing of it is delivered.
 - Client: one stream per peer, opened on the first send (which waits for ``connect`` if the launcher is still
   exchanging addresses) (after ``grpc.channel_ready_future`` within
   ``connect_timeout_s``); ``send`` only queues. A reader thread counts acknowledgements, so ``flush`` knows when
@@ -119,6 +120,20 @@ class _Link:
         self.channel.close()
 
 
+class _Handler(grpc.GenericRpcHandler):
+    """The one method, and a count of calls to any other (a probe of the port: answered ``UNIMPLEMENTED``)."""
+
+    def __init__(self, transport: GrpcTransport) -> None:
+        self._transport = transport
+        self._stream = grpc.stream_stream_rpc_method_handler(transport._serve)
+
+    def service(self, handler_call_details):
+        if handler_call_details.method == METHOD:
+            return self._stream
+        self._transport._count_rejected()
+        return None
+
+
 class GrpcTransport(Transport):
     name = "grpc"
 
@@ -156,15 +171,13 @@ class GrpcTransport(Transport):
         given = metadata.get(SECRET_KEY, "")
         self._connected.wait(self.connect_timeout_s)  # a fast peer may call before this rank has the secret
         if self._secret is None or not hmac.compare_digest(str(given), self._secret):
-            with self._lock:
-                self.stats.rejected += 1
+            self._count_rejected()
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"rank {self.rank}: wrong or missing job secret")
         for frame in frames:
             try:
                 msg = UpdateMessage.from_bytes(frame)
             except TransportError as e:
-                with self._lock:
-                    self.stats.rejected += 1
+                self._count_rejected()
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"rank {self.rank}: {e}")
             with self._lock:
                 self.stats.messages_received += 1
@@ -172,15 +185,16 @@ class GrpcTransport(Transport):
             self._inbox.put(msg)
             yield ACK
 
+    def _count_rejected(self) -> None:
+        with self._lock:
+            self.stats.rejected += 1
+
     def start(self) -> str:
         if self._server is not None:
             raise TransportError("start() called twice")
         # one thread per incoming stream: at most every other rank links to us
         self._pool = ThreadPoolExecutor(max_workers=max(2, self.world + 1), thread_name_prefix=f"sparkdl-grpc-{self.rank}")
-        handler = grpc.method_handlers_generic_handler(
-            SERVICE, {"Stream": grpc.stream_stream_rpc_method_handler(self._serve)}
-        )
-        self._server = grpc.server(self._pool, handlers=[handler], options=self._options)
+        self._server = grpc.server(self._pool, handlers=[_Handler(self)], options=self._options)
         try:
             port = self._server.add_insecure_port(f"{self.host}:0")
         except RuntimeError as e:

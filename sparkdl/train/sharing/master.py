@@ -165,11 +165,13 @@ def _sharing_fit(ctx, elements, state: dict) -> dict:
                 loss = loss_fn(model(xb), yb)
                 loss.backward()
                 loss_value = float(loss.detach())
+                tracker.check_loss(loss_value, epoch, s)
                 loss_sum += loss_value * len(idx)
                 examples += len(idx)
             grad = _flat_grad(params) if len(idx) else np.zeros(length, np.float32)
             t1 = time.perf_counter()
             residual.add(grad)
+            tracker.check_finite([residual.residual], epoch, s, "the gradients (the residual)")
             threshold.calibrate(residual.residual)
             tau = threshold.threshold()
             message, sent = residual.encode(tau, step, rank)
@@ -204,6 +206,8 @@ def _sharing_fit(ctx, elements, state: dict) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 _set_grad(params, update / np.float32(world))
                 optimizer.step()
+        # a finite residual (checked every step) gives a finite tau and update: the parameters, once per epoch
+        tracker.check_finite((p.detach().numpy() for p in params), epoch, state["steps_per_epoch"] - 1)
         stats["taus"].append(threshold.threshold())
         stats["residual_norms"].append(residual.norm())
         # thresholds averaged across workers at epoch end (DL4J), carried over
@@ -264,7 +268,8 @@ class SharedGradientTrainingMaster(TrainingMaster):
         message_bytes = sum(o["message_bytes"] for o in outs)
         dense_bytes = sum(o["dense_bytes"] for o in outs)
         per_worker = [{"rank": o["rank"], "bytes_sent": o["transport"]["bytes_sent"],
-                       "bytes_received": o["transport"]["bytes_received"], "update_bytes": o["message_bytes"],
+                       "bytes_received": o["transport"]["bytes_received"], "rejected": o["transport"]["rejected"],
+                       "update_bytes": o["message_bytes"],
                        "dense_equivalent_bytes": o["dense_bytes"],
                        "compression_ratio": o["dense_bytes"] / max(1, o["message_bytes"]), "encode_seconds": round(o["encode_seconds"], 4),
                        "decode_seconds": round(o["decode_seconds"], 4),
@@ -278,6 +283,7 @@ class SharedGradientTrainingMaster(TrainingMaster):
             "steps_per_epoch": steps,
             "prepare_seconds": prepare_seconds,
             "bytes_between_workers": sum(o["transport"]["bytes_sent"] for o in outs),
+            "transport_rejected": sum(o["transport"]["rejected"] for o in outs),  # refused calls: wrong secret, probes
             "update_bytes": message_bytes,
             "dense_equivalent_bytes": dense_bytes,
             "compression_ratio": dense_bytes / max(1, message_bytes),
