@@ -36,6 +36,7 @@ class ModelBundle:
     metrics: dict = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    attachments: dict[str, Path] = field(default_factory=dict)  # bundle file name -> local file copied in on save
 
     def config_json(self) -> dict:
         return {
@@ -64,6 +65,8 @@ class ModelBundle:
         (tmp / "config.json").write_text(json.dumps(self.config_json(), indent=2) + "\n")
         save_file({k: np.ascontiguousarray(v) for k, v in self.head.params.items()}, str(tmp / "head.safetensors"))
         (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2) + "\n")
+        for name, source in sorted(self.attachments.items()):
+            shutil.copyfile(source, tmp / name)
         with open(tmp / "events.jsonl", "w") as f:
             for event in self.events:
                 f.write(json.dumps(event) + "\n")

@@ -88,3 +88,24 @@ def make_odd_names_tree(root: Path, classes: tuple[str, ...] = ODD_CLASSES, name
     empty = f"{classes[0]}/zero bytes %.jpg"
     (root / empty).write_bytes(b"")
     return {"root": root, "good": sorted(good), "empty": empty}
+
+
+def make_bundle(directory: Path, backbone: str = "tiny", labels=("ak47", "american-flag", "backpack"), seed: int = 0,
+                hidden: tuple[int, ...] = ()) -> Path:  # fmt: skip
+    """A self-contained model bundle without Spark: a seeded head on ``backbone`` (``tiny``: seeded weights;
+    ``efficientnet_lite0``: the embedded package's real weights), carried the way `sparkdl train` carries it."""
+    from sparkdl.bundle import ModelBundle
+    from sparkdl.config import HeadConfig
+    from sparkdl.featurize.backbones import check_backbone
+    from sparkdl.featurize.carry import carry_backbone
+    from sparkdl.train.head import HeadSpec, build_head
+
+    info = check_backbone(backbone)
+    carried, file = carry_backbone(None, info, True, Path(directory).parent)
+    config = HeadConfig(kind="mlp" if hidden else "softmax", hidden=tuple(hidden))
+    head = build_head(config, info["feature_dim"], len(labels), seed=seed)
+    spec = HeadSpec.from_module(config, info["feature_dim"], len(labels), head)
+    bundle = ModelBundle(head=spec, labels=list(labels), backbone={**info, "carried": carried},
+                         attachments={file.name: file} if file else {})  # fmt: skip
+    bundle.save(directory)
+    return Path(directory)

@@ -117,6 +117,13 @@ def _resolve_weights(
     )
 
 
+def read_weights(name: str, weights: str | os.PathLike) -> tuple[dict, Preprocess]:
+    """A weights file as the state dict ``name``'s network loads (Keras HDF5 converted) and the preprocessing it
+    implies (Keras VGG16: Caffe-style BGR)."""
+    state, _fmt, _source, preprocess = _resolve_weights(get_backbone(name), weights, False)
+    return state, preprocess
+
+
 def load_backbone(name: str, weights: str | os.PathLike | None = None, random_init: bool = False) -> LoadedBackbone:
     """Build ``name``'s feature extractor with its weights: from ``weights`` if given, else the embedded default.
 

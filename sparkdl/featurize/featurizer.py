@@ -298,6 +298,11 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
 
         backbone_info["weights"] = config.weights  # the URI the user gave, not the driver's temporary copy
         backbone_info["weights_sha256"] = file_digest(weights)
+    elif backbone_info["weights"].startswith("package:"):
+        from sparkdl.featurize.backbones import get_backbone
+        from sparkdl.featurize.weights import file_digest
+
+        backbone_info["weights_sha256"] = file_digest(get_backbone(config.backbone).default_weights())
     say(f"featurize: backbone {config.backbone} ({backbone_info['feature_dim']}-d, weights {backbone_info['weights']})")
 
     # Always rebalance: the backbone costs ~1000x more per row than moving the row, and file splits can leave a

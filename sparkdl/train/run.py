@@ -1,6 +1,8 @@
 """The train and evaluate stages: features table -> model bundle -> metrics."""
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,8 @@ from sparkdl.data.features import (LabelGroup, derive_labels, label_clashes, lab
                                    read_features, validate_features)  # fmt: skip
 from sparkdl.errors import DataError
 from sparkdl.evaluate import Metrics, evaluate_head
+from sparkdl.featurize.backbones import list_backbones
+from sparkdl.featurize.carry import carry_backbone
 from sparkdl.train.head import HeadSpec, build_head
 from sparkdl.train.listeners import EventLog, ScoreListener, StatsCollector
 from sparkdl.train.master import build_master
@@ -87,7 +91,20 @@ def train_head(
     config: TrainConfig,
     overwrite: bool = False,
     progress: Progress | None = None,
+    embed_backbone: bool = True,
 ) -> TrainSummary:
+    """Train a head on a features table and write a self-contained model bundle: the head, its labels, and the
+    backbone the features were made with (a user's weights converted into ``backbone.safetensors``, or the embedded
+    package's sha256; ``embed_backbone=False`` stores the weights URI + sha256 instead)."""
+    scratch = Path(tempfile.mkdtemp(prefix="sparkdl-train-"))
+    try:
+        return _train_head(spark, features_uri, output_dir, config, overwrite, progress, embed_backbone, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overwrite: bool, progress: Progress | None,
+                embed_backbone: bool, scratch: Path) -> TrainSummary:  # fmt: skip
     say = progress or (lambda _msg: None)
     out = str(output_dir)
     # before training, not after: never onto the features table, only over an earlier bundle, writable
@@ -103,6 +120,7 @@ def train_head(
         say(f"train: warning: {warning}")
     if table.source == "derived":
         say(f"train: {features_uri} has no meta.json: {len(labels)} labels derived from its rows")
+    backbone, attachments = _carried_backbone(spark, meta, embed_backbone, scratch, say)
     head = build_head(config.head, dim, len(labels), seed=config.seed)
     events, stats = EventLog(), StatsCollector()
     say(
@@ -127,11 +145,12 @@ def train_head(
     bundle = ModelBundle(
         head=spec,
         labels=labels,
-        backbone=(meta or {}).get("backbone", {}),
+        backbone=backbone,
         # label_source "derived": the table had no meta.json, the mapping came from its (label_index, label) pairs
         training={**config.to_json(), "features": features_uri, "label_source": table.source, "warnings": warnings},
         metrics=metrics,
         events=events.events,
+        attachments=attachments,
     )
     out = save_bundle(bundle, out, overwrite=overwrite, spark=spark)
     say(f"train: model bundle written to {out}")
@@ -144,6 +163,20 @@ def train_head(
         metrics={s: m.summary() for s, m in per_split.items()},
         warnings=warnings,
     )
+
+
+def _carried_backbone(spark, meta: dict | None, embed: bool, scratch: Path, say: Progress) -> tuple[dict, dict]:
+    """The bundle's backbone record (with how it is carried) and the files to store with it; before training, so an
+    unreadable weights file fails now, not after the fit. A table without a backbone record gives a features-only
+    model."""
+    backbone = dict((meta or {}).get("backbone") or {})
+    if backbone.get("name") not in list_backbones():
+        what = f"names a backbone sparkdl does not know ({backbone['name']!r})" if backbone.get("name") else "names no backbone"
+        say(f"train: the features table {what}: the model will score features, not images")
+        return backbone, {}
+    carried, file = carry_backbone(spark, backbone, embed, scratch)
+    say(f"train: the model carries its backbone {backbone['name']} ({carried['kind']})")
+    return {**backbone, "carried": carried}, ({file.name: file} if file is not None else {})
 
 
 def evaluate_model(spark, model_dir: str | Path, features_uri: str, split: str | None = "test") -> Metrics:
