@@ -310,3 +310,48 @@ class TrainConfig:
             "transport": self.transport.to_json(),
             **({"sharing": self.sharing.to_json()} if self.master == "sharing" else {}),
         }
+
+
+_TRIGGER_RE = re.compile(r"^\d+(\.\d+)?\s*(ms|s|sec|seconds|m|min|minutes)$")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """A model bundle over images -> a predictions table (+ rejects + meta); or, with ``stream``, a Structured
+    Streaming query over a folder (or table) that receives new images, writing to a file sink with a checkpoint."""
+
+    model_uri: str
+    output_uri: str
+    images_uri: str | None = None  # a folder of images (any Hadoop URI), read recursively
+    table_uri: str | None = None  # an images table (``sparkdl ingest``'s, or any with ``path`` + ``image``)
+    top_k: int = 5
+    batch_size: int = 32
+    partitions: int | None = None
+    max_rows_per_partition: int = 2048
+    threads_per_task: int | None = None
+    max_reject_fraction: float = 0.01
+    overwrite: bool = False
+    stream: bool = False
+    checkpoint_uri: str | None = None
+    trigger: str | None = None  # processing-time interval, e.g. "10s"; None with stream = available-now
+    max_files_per_trigger: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_uri("model_uri", self.model_uri)
+        _check_uri("output_uri", self.output_uri)
+        _require((self.images_uri is None) != (self.table_uri is None), "give exactly one input: --images or --table")
+        _require(isinstance(self.top_k, int) and self.top_k >= 1, f"top_k must be >= 1, got {self.top_k!r}")
+        _require(isinstance(self.batch_size, int) and self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size!r}")
+        _check_optional_positive("partitions", self.partitions)
+        _check_optional_positive("max_rows_per_partition", self.max_rows_per_partition)
+        _check_optional_positive("threads_per_task", self.threads_per_task)
+        _check_optional_positive("max_files_per_trigger", self.max_files_per_trigger)
+        _check_fraction("max_reject_fraction", self.max_reject_fraction)
+        if self.stream:
+            _require(bool(self.checkpoint_uri), "a streaming prediction needs --checkpoint (where Spark keeps its progress)")
+            _require(not self.overwrite, "--overwrite does not apply to --stream: a restarted query continues its output")
+            _require(self.trigger is None or bool(_TRIGGER_RE.match(self.trigger.strip())),
+                     f"trigger must be an interval like 10s, 500ms or 1m, got {self.trigger!r}")  # fmt: skip
+        else:
+            _require(self.checkpoint_uri is None and self.trigger is None and self.max_files_per_trigger is None,
+                     "--checkpoint, --trigger and --max-files-per-trigger are for --stream")  # fmt: skip

@@ -90,18 +90,33 @@ def make_odd_names_tree(root: Path, classes: tuple[str, ...] = ODD_CLASSES, name
     return {"root": root, "good": sorted(good), "empty": empty}
 
 
+def tiny_weights(path: Path) -> Path:
+    """A weights file for the ``tiny`` backbone that is not its seeded init (x 1.5)."""
+    import torch
+
+    from sparkdl.featurize.backbones import load_backbone
+
+    torch.save({k: v * 1.5 for k, v in load_backbone("tiny").module.state_dict().items()}, path)
+    return path
+
+
 def make_bundle(directory: Path, backbone: str = "tiny", labels=("ak47", "american-flag", "backpack"), seed: int = 0,
-                hidden: tuple[int, ...] = ()) -> Path:  # fmt: skip
+                hidden: tuple[int, ...] = (), weights: Path | None = None, embed: bool = True) -> Path:  # fmt: skip
     """A self-contained model bundle without Spark: a seeded head on ``backbone`` (``tiny``: seeded weights;
-    ``efficientnet_lite0``: the embedded package's real weights), carried the way `sparkdl train` carries it."""
+    ``efficientnet_lite0``: the embedded package's real weights; ``weights``: a user's weights file, stored in the
+    bundle, or referenced with ``embed=False``), carried the way `sparkdl train` carries it."""
     from sparkdl.bundle import ModelBundle
     from sparkdl.config import HeadConfig
     from sparkdl.featurize.backbones import check_backbone
     from sparkdl.featurize.carry import carry_backbone
     from sparkdl.train.head import HeadSpec, build_head
 
-    info = check_backbone(backbone)
-    carried, file = carry_backbone(None, info, True, Path(directory).parent)
+    from sparkdl.featurize.weights import file_digest
+
+    info = check_backbone(backbone, weights=weights)
+    if weights is not None:
+        info = {**info, "weights": str(weights), "weights_sha256": file_digest(weights)}
+    carried, file = carry_backbone(None, info, embed, Path(directory).parent)
     config = HeadConfig(kind="mlp" if hidden else "softmax", hidden=tuple(hidden))
     head = build_head(config, info["feature_dim"], len(labels), seed=seed)
     spec = HeadSpec.from_module(config, info["feature_dim"], len(labels), head)

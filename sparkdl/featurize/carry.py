@@ -81,10 +81,14 @@ class ResolvedBackbone:
     preprocess: Preprocess
     weights: str | None  # a local file (bundle / reference), None for the package default or a seeded init
     random_init: bool = False
+    package_sha256: str | None = None  # the package default's digest: checked again wherever it is loaded
 
     def load(self, weights: str | None = None) -> LoadedBackbone:
         """``weights``: where the weights file is in this process (an executor's shipped copy), default ours."""
         path = weights or self.weights
+        if path is None and self.package_sha256:  # an executor may have another version of the package installed
+            default = get_backbone(self.name).default_weights()
+            _check_sha(file_digest(default), self.package_sha256, f"the installed weights {default} (on this host)")
         loaded = load_backbone(self.name, weights=path, random_init=self.random_init and path is None)
         loaded.preprocess = self.preprocess  # the preprocessing the features were made with
         return loaded
@@ -108,8 +112,9 @@ def resolve_backbone(backbone: dict, bundle_dir: Path, spark=None, scratch: Path
         return ResolvedBackbone(name, spec.feature_dim, preprocess, None, bool(carried.get("random_init")))
     if kind == "package":
         path = spec.default_weights()
-        _check_sha(file_digest(path), carried.get("sha256"), f"the installed {carried.get('package') or 'package'} weights {path}")
-        return ResolvedBackbone(name, spec.feature_dim, preprocess, None)
+        sha = file_digest(path)
+        _check_sha(sha, carried.get("sha256"), f"the installed {carried.get('package') or 'package'} weights {path}")
+        return ResolvedBackbone(name, spec.feature_dim, preprocess, None, package_sha256=sha)
     if kind == "bundle":
         path = bundle_dir / str(carried.get("file") or BACKBONE_FILE)
         if not path.is_file():
