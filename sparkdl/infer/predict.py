@@ -205,17 +205,23 @@ def _input_frame(spark, config: PredictConfig, stream: bool):
     return static.select("path", *extra, "image"), None
 
 
-def _predicted(df, shipped: ShippedModel, config: PredictConfig):
-    """``df`` (with ``image``) -> the prediction columns instead of ``image``; returns (DataFrame, broadcast)."""
+def predict_frame(df, shipped: ShippedModel, top_k: int = 5, batch_size: int = 32, threads_per_task: int | None = None):
+    """A DataFrame with ``path string`` and ``image binary`` (any other columns are kept), batch or streaming ->
+    the prediction columns (and ``reject_reason`` / ``reject_detail``) instead of ``image``. Returns (DataFrame,
+    the broadcast spec to destroy when done). What ``sparkdl predict`` runs; usable on any source (Kafka: README)."""
     spark = df.sparkSession
     spec_bc = spark.sparkContext.broadcast(shipped.spec)
     fn = functools.partial(
         predict_arrow_batches, spec_bc=spec_bc, weights=shipped.weights, weights_size=shipped.weights_size,
-        batch_size=config.batch_size, threads=config.threads_per_task or 0, top_k=config.top_k, image_col="image",
+        batch_size=batch_size, threads=threads_per_task or 0, top_k=top_k, image_col="image",
     )  # fmt: skip
     kept = [f"`{f.name}` {f.dataType.simpleString()}" for f in df.schema.fields if f.name != "image"]
     pred = [f"{n} {t}" for n, t in PREDICTION_FIELDS] + [f"{tables.REASON_COL} string", f"{tables.DETAIL_COL} string"]
     return df.mapInArrow(fn, ", ".join(kept + pred)), spec_bc
+
+
+def _predicted(df, shipped: ShippedModel, config: PredictConfig):
+    return predict_frame(df, shipped, config.top_k, config.batch_size, config.threads_per_task)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,10 @@ def test_the_jobs_run_on_a_standalone_cluster(cluster, tmp_path):
     ev = submit(cluster, "evaluate", "--model", str(out / "model-sharing"), "--features", f"file://{out}/features.parquet", "--json", "--quiet")
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert json.loads(ev.stdout)["split"] == "test" and 0.0 <= json.loads(ev.stdout)["accuracy"] <= 1.0
+    pred = submit(cluster, "predict", "--model", str(out / "model-averaging"), "--table", f"file://{out}/images.parquet",
+                  "--output", f"file://{out}/predictions.parquet", "--json", "--quiet")  # fmt: skip
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    assert json.loads(pred.stdout)["rows_out"] == 24 and set(json.loads(pred.stdout)["accuracy"]) >= {"all", "test"}
     missing = submit(cluster, "ingest", "--images", f"file://{tmp_path}/nope", "--output", f"file://{out}/x.parquet", "--quiet")
     # spark-submit's PythonRunner merges the Python driver's stderr into its stdout; the JVM logs on stderr
     errors = [line for line in missing.stdout.splitlines() if ": error: " in line]

@@ -127,3 +127,40 @@ def test_streaming_predicts_every_image_exactly_once_across_a_restart(spark, tmp
     clf = ImageClassifier.load(model)
     good = {r["path"].rsplit("/", 1)[1]: r["prediction"] for r in rows if r["reject_reason"] is None}
     assert good == {f"img{i}.jpg": clf.predict([jpeg_bytes(i)])[0].label for i in range(9)}
+
+
+def test_the_cli_streams_available_now_and_refuses_bad_options(tmp_path):
+    from test_cli import one_line_error, run
+
+    model = make_bundle(tmp_path / "model", "tiny")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(3):
+        (inbox / f"{i}.jpg").write_bytes(jpeg_bytes(i))
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    res = run("predict", "--model", str(model), "--images", str(inbox), "--output", str(out), "--stream",
+              "--checkpoint", str(ckpt), "--available-now", "--json", "--quiet")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout)["images"] == 3
+    no_ckpt = run("predict", "--model", str(model), "--images", str(inbox), "--output", str(out), "--stream", "--quiet")
+    assert no_ckpt.returncode == 1
+    assert "needs --checkpoint" in one_line_error(no_ckpt.stderr)
+
+
+def test_the_readme_kafka_recipe_on_a_key_value_stream(spark, tmp_path):
+    """README's Kafka snippet, with a Parquet stream of (key, value) rows standing in for the kafka source."""
+    from sparkdl.infer.predict import predict_frame, ship_model
+
+    model = make_bundle(tmp_path / "model", "tiny")
+    src = tmp_path / "topic"
+    spark.createDataFrame([(f"msg-{i}", jpeg_bytes(i)) for i in range(4)], "key string, value binary").write.parquet(str(src))
+    stream = (spark.readStream.schema("key string, value binary").parquet(str(src))
+              .selectExpr("CAST(key AS STRING) AS path", "value AS image"))  # fmt: skip
+    predicted, spec_bc = predict_frame(stream, ship_model(spark, str(model)), top_k=5)
+    query = (predicted.writeStream.format("parquet").option("checkpointLocation", str(tmp_path / "ck"))
+             .trigger(availableNow=True).start(str(tmp_path / "out")))  # fmt: skip
+    query.awaitTermination()
+    spec_bc.destroy()
+    clf = ImageClassifier.load(model)
+    got = {r["path"]: r["prediction"] for r in spark.read.parquet(str(tmp_path / "out")).collect()}
+    assert got == {f"msg-{i}": clf.predict([jpeg_bytes(i)])[0].label for i in range(4)}
