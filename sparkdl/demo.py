@@ -38,6 +38,41 @@ def write_digits_tree(root: str | os.PathLike, max_per_class: int | None = None)
     return dict(sorted(counts.items()))
 
 
+def _predict_holdout(spark, images_uri: str, model_dir: str, work: Path, say: Progress, n: int = 8):
+    """Use the model the way a user would: a few held-out test images as files, `sparkdl predict` on the folder."""
+    import shutil
+
+    from pyspark.sql import functions as F
+
+    from sparkdl.config import PredictConfig
+    from sparkdl.errors import DataError
+    from sparkdl.infer.predict import predict_images
+
+    folder = work / "holdout"
+    if folder.exists():
+        if not (folder / DEMO_MARKER).is_file():
+            raise DataError(f"{folder} exists and was not written by `sparkdl demo`: choose another --workdir")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / DEMO_MARKER).write_text("written by `sparkdl demo`\n")
+    rows = spark.read.parquet(images_uri).filter(F.col("split") == "test").orderBy("path").limit(n).collect()
+    if not rows:  # a tiny --max-per-class run may have no test images: predict the first images instead
+        rows = spark.read.parquet(images_uri).orderBy("path").limit(n).collect()
+    truth = {}
+    for row in rows:
+        name = row["path"].rsplit("/", 1)[-1]
+        (folder / name).write_bytes(bytes(row["image"]))
+        truth[name] = row["label"]
+    say(f"demo: predicting {len(rows)} held-out test images in {folder} with the model")
+    result = predict_images(spark, PredictConfig(model_uri=str(model_dir), output_uri=(work / "holdout-predictions.parquet").as_uri(),
+                                                 images_uri=folder.as_uri(), overwrite=True, top_k=3), progress=say)  # fmt: skip
+    out = spark.read.parquet(result.output_uri).collect()
+    predictions = sorted(
+        ({"file": r["path"].rsplit("/", 1)[-1], "prediction": r["prediction"], "probability": float(r["probability"]),
+          "label": truth.get(r["path"].rsplit("/", 1)[-1])} for r in out), key=lambda p: p["file"])  # fmt: skip
+    return result, predictions
+
+
 def run_demo(
     spark,
     workdir: str | os.PathLike = "sparkdl-work/demo",
@@ -83,7 +118,10 @@ def run_demo(
     trained = train_head(spark, featurize.output_uri, work / "model", train_config or TrainConfig(), overwrite=True, progress=say)
     report = write_report(trained.model_dir)
     say(f"demo: report written to {report}")
+    predicted, predictions = _predict_holdout(spark, ingest.output_uri, trained.model_dir, work, say)
     return {
+        "predict": {**asdict(predicted), "images_per_second": predicted.rows_per_second},
+        "predictions": predictions,
         "images_dir": str(images_dir),
         "train": asdict(trained),
         "report": str(report),

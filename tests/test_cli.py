@@ -107,6 +107,12 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path):
     assert set(summary["train"]["metrics"]) <= {"train", "valid", "test"}
     assert (tmp_path / "demo" / "model" / "head.safetensors").is_file()
     assert summary["report"].endswith("report.html")
+    # the demo ends by using the model: `sparkdl predict` on a few held-out images, printed
+    assert summary["predictions"] and summary["predict"]["rows_out"] == len(summary["predictions"])
+    assert all(p["prediction"] in summary["ingest"]["labels"] and p["label"] for p in summary["predictions"])
+    assert "predicted" in run("demo", "--workdir", str(tmp_path / "demo"), "--max-per-class", "1", "--epochs", "1").stdout
+    config = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())
+    assert config["backbone"]["carried"]["kind"] == "package" and len(config["backbone"]["carried"]["sha256"]) == 64
 
 
 def test_train_evaluate_report(spark, tmp_path):

@@ -143,6 +143,12 @@ class ImageClassifier:
             feats = self._backbone(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
             return torch.softmax(self._head(feats).float(), dim=1).numpy()
 
+    def network(self):
+        """What :meth:`probabilities` computes as one eval-mode ``torch.nn.Module`` sharing this classifier's
+        weights: (N, 3, crop, crop) preprocessed float32 -> (N, n_classes) softmax probabilities (``sparkdl export``)."""
+        nn = self._torch.nn
+        return nn.Sequential(self._backbone.module, self._head, nn.Softmax(dim=1)).eval()
+
     def predict(self, images: Sequence[bytes | bytearray | memoryview | None], top_k: int = 5) -> list[Result]:
         """One result per image, in order; the decodable ones go through the network in one batch."""
         decoded = [self.decode(img) for img in images]

@@ -164,3 +164,26 @@ def test_the_readme_kafka_recipe_on_a_key_value_stream(spark, tmp_path):
     clf = ImageClassifier.load(model)
     got = {r["path"]: r["prediction"] for r in spark.read.parquet(str(tmp_path / "out")).collect()}
     assert got == {f"msg-{i}": clf.predict([jpeg_bytes(i)])[0].label for i in range(4)}
+
+
+def test_train_embeds_a_user_weights_file_or_references_it(spark, ingested, tmp_path):
+    weights = tiny_weights(tmp_path / "tiny.pth")
+    feats = featurize_images(spark, FeaturizeConfig(input_uri=ingested.output_uri, output_uri=str(tmp_path / "f.parquet"),
+                                                    backbone="tiny", weights=str(weights)))  # fmt: skip
+    quick = TrainConfig(workers=1, epochs=1, execution="rounds")
+    train_head(spark, feats.output_uri, tmp_path / "embedded", quick)
+    train_head(spark, feats.output_uri, tmp_path / "referenced", quick, embed_backbone=False)
+    embedded = json.loads((tmp_path / "embedded" / "config.json").read_text())["backbone"]["carried"]
+    referenced = json.loads((tmp_path / "referenced" / "config.json").read_text())["backbone"]["carried"]
+    assert embedded["kind"] == "bundle" and (tmp_path / "embedded" / "backbone.safetensors").is_file()
+    assert referenced == {"kind": "reference", "uri": str(weights), "sha256": embedded["source_sha256"]}
+    images = [jpeg_bytes(i) for i in range(4)]
+    a, b = ImageClassifier.load(tmp_path / "embedded"), ImageClassifier.load(tmp_path / "referenced")
+    assert [p.probability for p in a.predict(images)] == [p.probability for p in b.predict(images)]
+    # the weights file changed after featurize: embedding is refused before training, naming both digests
+    tiny_weights(weights)  # same values ...
+    with open(weights, "ab") as f:
+        f.write(b"\0")  # ... but not the same file
+    with pytest.raises(DataError, match=r"tiny.pth has sha256 [0-9a-f]{16}… but the model was trained with [0-9a-f]{16}…"):
+        train_head(spark, feats.output_uri, tmp_path / "again", quick)
+    assert not (tmp_path / "again").exists()

@@ -1,0 +1,201 @@
+"""What every command group shares: progress lines, argument types, the common options, the training options and
+their config, the Spark session, the summary printer.
+
+Names used by more than one module are public here; argv is read only in ``sparkdl.cli`` (and ``jobs/``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from sparkdl.config import HeadConfig, OptimizerConfig, SessionConfig, SharingConfig, TrainConfig, TransportConfig
+
+
+class Progress:
+    def __init__(self, quiet: bool = False) -> None:
+        self.start = time.perf_counter()
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+class QuietFailure(Exception):
+    """Exit code 1 with no error line (``sparkdl fs exists`` on a missing path)."""
+
+
+# -- argument types ------------------------------------------------------------------------------------------------
+
+
+def split_arg(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--split takes three comma-separated fractions like 0.7,0.15,0.15, got {text!r}") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"--split takes three fractions (train,valid,test), got {len(parts)}")
+    return parts  # type: ignore[return-value]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
+    return value
+
+
+# -- options -------------------------------------------------------------------------------------------------------
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """The parent parser of every Spark command: ``--spark-master``, ``--driver-memory``, ``--json``, ``--quiet``,
+    ``--debug`` (``args.quiet`` and ``args.debug`` are read by ``main``: a command without this parent must define
+    them too)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--spark-master",
+        default=None,
+        help="Spark master URL (default: the one given to spark-submit, else local[*])",
+    )
+    common.add_argument("--driver-memory", default="2g", help="driver JVM heap for local masters (default 2g)")
+    common.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
+    common.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return common
+
+
+def add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
+    p.add_argument(
+        "--master",
+        dest="training_master",
+        default="averaging",
+        choices=["averaging", "sharing"],
+        help="averaging: parameter averaging (DL4J ParameterAveragingTrainingMaster); sharing: threshold-quantized "
+        "gradient sharing over a tree of workers (Strom 2015, DL4J SharedTrainingMaster) (default averaging)",
+    )
+    p.add_argument("--workers", type=positive_int, default=2, help="data-parallel workers (default 2)")
+    p.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default {epochs})")
+    p.add_argument("--batch-size-per-worker", type=positive_int, default=16, help="minibatch per worker (default 16)")
+    p.add_argument("--averaging-frequency", type=positive_int, default=5, help="minibatches between averagings (default 5)")
+    p.add_argument(
+        "--execution",
+        default="barrier",
+        choices=["barrier", "rounds"],
+        help="barrier: the whole fit in one Spark barrier stage, workers averaging among themselves over --transport "
+        "(fast); rounds: one Spark job per averaging round, a lost task retried alone (default barrier)",
+    )
+    p.add_argument("--aggregation-depth", type=positive_int, default=2, help="treeAggregate depth, --execution rounds (default 2)")
+    p.add_argument("--tree-fanout", type=positive_int, default=8, help="children per worker in the tree workers sum over (default 8)")
+    p.add_argument(
+        "--transport",
+        default="grpc",
+        choices=["grpc", "aeron"],
+        help="how barrier workers talk: grpc (default); aeron is refused with the reason (no binding on Python 3.11)",
+    )
+    p.add_argument(
+        "--threshold",
+        default="adaptive",
+        help="sharing: adaptive[:T0] (keep 1e-4..1e-2 of the entries sent), fixed:T or target-sparsity:S (default adaptive)",
+    )
+    p.add_argument("--residual-clip", default="5:5", help="sharing: clip the residual to +-k x tau every n steps, k:n (default 5:5; k:0 never)")
+    p.add_argument("--staleness", type=int, default=0, help="sharing: 0 synchronous and deterministic; k > 0 up to k steps ahead (default 0)")
+    p.add_argument("--head", default="softmax", help="softmax or mlp:H1,H2,... (default softmax)")
+    p.add_argument("--dropout", type=fraction, default=0.0, help="dropout after each hidden layer of an mlp head")
+    p.add_argument("--optimizer", default="nesterov", choices=["sgd", "nesterov", "adam"], help="default nesterov")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--momentum", type=fraction, default=0.9, help="momentum for sgd/nesterov (default 0.9)")
+    p.add_argument(
+        "--average-updater-state",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average the optimizer state (momentum, Adam moments) with the parameters (default on)",
+    )
+    p.add_argument("--early-stopping-patience", type=positive_int, default=None, help="stop after N epochs without a better valid accuracy")
+    p.add_argument("--seed", type=int, default=42, help="head init, shuffling and dropout seed (default 42)")
+    p.add_argument("--score-every", type=int, default=0, help="print the training loss every N averaging rounds (default: per epoch only)")
+
+
+# -- configs from the options ----------------------------------------------------------------------------------------
+
+
+def train_config(args) -> TrainConfig:
+    return TrainConfig(
+        master=args.training_master,
+        workers=args.workers,
+        epochs=args.epochs,
+        batch_size_per_worker=args.batch_size_per_worker,
+        averaging_frequency=args.averaging_frequency,
+        aggregation_depth=args.aggregation_depth,
+        average_updater_state=args.average_updater_state,
+        head=HeadConfig.parse(args.head, dropout=args.dropout),
+        optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr, momentum=args.momentum if args.optimizer != "adam" else 0.0),
+        seed=args.seed,
+        early_stopping_patience=args.early_stopping_patience,
+        score_every=args.score_every,
+        execution=args.execution,
+        tree_fanout=args.tree_fanout,
+        transport=TransportConfig(name=args.transport),
+        sharing=_sharing_config(args),
+    )
+
+
+def _sharing_config(args) -> SharingConfig:
+    k, every = SharingConfig.parse_clip(args.residual_clip)
+    return SharingConfig(threshold=args.threshold, residual_clip_k=k, residual_clip_every=every, staleness=args.staleness)
+
+
+def session(args):
+    from sparkdl.session import build_session
+
+    return build_session(SessionConfig(master=args.spark_master, driver_memory=args.driver_memory))
+
+
+# -- summaries -------------------------------------------------------------------------------------------------------
+
+
+def fmt_counts(counts: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items()) or "none"
+
+
+def print_summary(title: str, rows: list[tuple[str, object]], payload: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        return
+    print(title)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+def stage_rows(result) -> list[tuple[str, object]]:
+    """The summary lines every table-writing stage shares (a ``StageResult``)."""
+    return [
+        ("output", result.output_uri),
+        ("rows in / out", f"{result.rows_in} / {result.rows_out}"),
+        ("rejected", f"{result.rows_in - result.rows_out} ({fmt_counts(result.rejects)}) -> {result.rejects_uri}"),
+        ("splits", fmt_counts(result.split_counts)),
+    ]
+
+
+def metrics_rows(metrics: dict) -> list[tuple[str, object]]:
+    return [
+        (split, f"accuracy {m['accuracy']:.4f}  top-5 {m['top5']:.4f}  macro P/R/F1 "
+                f"{m['macro_precision']:.4f}/{m['macro_recall']:.4f}/{m['macro_f1']:.4f}  (n={m['n']})")
+        for split, m in metrics.items()
+    ]  # fmt: skip
