@@ -40,3 +40,9 @@ def test_image_runs_as_non_root_and_pins_cpu_torch():
     assert re.search(r"^USER 1000$", text, re.M)
     assert "torch==2.13.0" in text and "whl/cpu" in text
     assert not re.search(r"(?i)(password|secret|token)\s*=", text)
+
+
+def test_image_can_serve():
+    text = DOCKERFILE.read_text()
+    assert "sparkdl[serve]" in text  # starlette, uvicorn, python-multipart
+    assert re.search(r"^EXPOSE .*\b8000\b", text, re.M)

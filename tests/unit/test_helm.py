@@ -90,3 +90,38 @@ def test_training_without_features_fails_with_the_reason(helm, tmp_path):
     (tmp_path / "v.yaml").write_text(yaml.safe_dump({"train": {"enabled": True}}))
     res = subprocess.run([helm, "template", "rel", str(CHART), "-f", str(tmp_path / "v.yaml")], capture_output=True, text=True)
     assert res.returncode != 0 and "train.features" in res.stderr
+
+
+SERVE = {"serve": {"enabled": True, "model": "hdfs://namenode:9000/sparkdl/head", "tokenSecret": "serve-token",
+                   "allowFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}], "modelVolume": {"claimName": "models"}}}  # fmt: skip
+
+
+def test_serve_deployment_renders_valid_probed_and_locked_down(helm, tmp_path):
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(SERVE))
+    lint = subprocess.run([helm, "lint", "--strict", str(CHART), "-f", str(tmp_path / "v.yaml")], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    path, docs = _template(helm, tmp_path, SERVE)
+    _validate(path)
+    serve = [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "serve"]
+    assert sorted(d["kind"] for d in serve) == ["Deployment", "NetworkPolicy", "Service"]
+    dep = next(d for d in serve if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["resources"]["limits"] and c["command"] == ["sparkdl", "serve"]
+    args = c["args"]
+    assert args[args.index("--model") + 1] == "hdfs://namenode:9000/sparkdl/head" and args[args.index("--host") + 1] == "0.0.0.0"
+    assert args[args.index("--token-file") + 1] == "/etc/sparkdl/token/token"
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]  # scratch for the bundle on a read-only root
+    assert any(v.get("secret", {}).get("secretName") == "serve-token" for v in pod["volumes"])
+    svc = next(d for d in serve if d["kind"] == "Service")
+    assert svc["spec"]["ports"][0]["port"] == 8000
+    policy = next(d for d in serve if d["kind"] == "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["from"] == SERVE["serve"]["allowFrom"]
+    # off by default; on without a model: the reason
+    assert not [d for d in _template(helm, tmp_path)[1] if d["metadata"]["labels"].get("app.kubernetes.io/component") == "serve"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"serve": {"enabled": True}}))
+    res = subprocess.run([helm, "template", "rel", str(CHART), "-f", str(tmp_path / "bad.yaml")], capture_output=True, text=True)
+    assert res.returncode != 0 and "serve.model" in res.stderr
