@@ -79,11 +79,21 @@ def test_every_stage_reads_and_writes_hdfs(cluster, hdfs, tmp_path):
     admin = hdfs["admin"]
     path = base.split(hdfs["fs"], 1)[1]
     assert admin.exists(f"{path}/features.parquet/_SUCCESS")
-    assert {e["name"] for e in admin.list(f"{path}/model")} == {"config.json", "head.safetensors", "metrics.json", "events.jsonl"}
+    # the bundle carries its backbone: the weights file read from HDFS, converted and stored beside the head
+    assert {e["name"] for e in admin.list(f"{path}/model")} == {"config.json", "head.safetensors", "metrics.json",
+                                                                "events.jsonl", "backbone.safetensors"}  # fmt: skip
     got = sparkdl("fs", "get", f"{base}/model", str(tmp_path / "model"), "--quiet", env=conf)
     assert got.returncode == 0, got.stderr
     assert sparkdl("report", "--model", str(tmp_path / "model"), "--quiet").returncode == 0
     assert (tmp_path / "model" / "report" / "report.html").exists()
+    carried = json.loads((tmp_path / "model" / "config.json").read_text())["backbone"]["carried"]
+    assert carried["kind"] == "bundle" and carried["source"] == f"{base}/weights/tiny.pth"
+    assert carried["source_sha256"] == file_digest(weights)
+    # predict on the cluster straight from HDFS: the model, its carried backbone and the images all on hdfs://
+    pr = submit(cluster, "predict", "--model", f"{base}/model", "--table", f"{base}/images.parquet",
+                "--output", f"{base}/predictions.parquet", "--json", "--quiet")  # fmt: skip
+    assert pr.returncode == 0, pr.stdout[-3000:] + pr.stderr[-3000:]
+    assert json.loads(pr.stdout)["rows_out"] == 24
 
 
 def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, ingested, tmp_path):
