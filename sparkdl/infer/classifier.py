@@ -85,6 +85,28 @@ def spec_from_bundle_dir(directory: Path, spark=None, scratch: Path | None = Non
     return ClassifierSpec(tuple(bundle.labels), bundle.head, backbone, _model_sha256(directory), info)
 
 
+def resolve_bundle(uri: str | Path, spark=None) -> tuple[ClassifierSpec, Path]:
+    """Check a bundle (local directory or Hadoop URI) and find its backbone, without building the network:
+    (spec, scratch directory). A remote bundle (and a referenced remote weights file) is copied into the scratch
+    directory, which the caller removes when done with the spec; ``spark`` may be stopped afterwards."""
+    from sparkdl.bundle import _need_spark, _resolve
+
+    uri = _resolve(uri, spark)
+    scratch = scratch_dir()
+    try:
+        if hadoopfs.is_local(uri):
+            directory = hadoopfs.local_path(uri)
+            if not (directory / "config.json").is_file():
+                raise DataError(f"{directory} is not a sparkdl model bundle (no config.json); train one with `sparkdl train`")
+        else:
+            spark = _need_spark(spark, str(uri))
+            directory = hadoopfs.copy_to_local(spark, str(uri), scratch / "model")
+        return spec_from_bundle_dir(directory, spark=spark, scratch=scratch), scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
 class ImageClassifier:
     """Backbone + head of a model bundle. ``predict(images)`` -> one :class:`Prediction` or :class:`Reject` each.
 
@@ -105,19 +127,8 @@ class ImageClassifier:
     @classmethod
     def load(cls, uri: str | Path, spark=None) -> "ImageClassifier":
         """Load a bundle from a local directory or a Hadoop URI (``spark`` or the active session reads it)."""
-        from sparkdl.bundle import _need_spark, _resolve
-
-        uri = _resolve(uri, spark)
-        scratch = scratch_dir()
+        spec, scratch = resolve_bundle(uri, spark)
         try:
-            if hadoopfs.is_local(uri):
-                directory = hadoopfs.local_path(uri)
-                if not (directory / "config.json").is_file():
-                    raise DataError(f"{directory} is not a sparkdl model bundle (no config.json); train one with `sparkdl train`")
-            else:
-                spark = _need_spark(spark, str(uri))
-                directory = hadoopfs.copy_to_local(spark, str(uri), scratch / "model")
-            spec = spec_from_bundle_dir(directory, spark=spark, scratch=scratch)
             model = cls(spec)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)

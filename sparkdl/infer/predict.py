@@ -29,7 +29,7 @@ from sparkdl.config import PredictConfig
 from sparkdl.data import hadoopfs, outputs, tables
 from sparkdl.errors import DataError
 from sparkdl.featurize.featurizer import _shipped_weights_path, plan_partitions
-from sparkdl.infer.classifier import ClassifierSpec, ImageClassifier, Reject, spec_from_bundle_dir
+from sparkdl.infer.classifier import ClassifierSpec, ImageClassifier, Reject, resolve_bundle
 
 Progress = Callable[[str], None]
 PREDICTIONS_FORMAT = "sparkdl.predictions/1"
@@ -144,19 +144,10 @@ class ShippedModel:
 
 def ship_model(spark, model_uri: str) -> ShippedModel:
     """Load and check a bundle (local or Hadoop URI) on the driver and ship its backbone to the executors."""
-    from sparkdl.bundle import _resolve
-
-    uri = str(_resolve(model_uri, spark))
-    scratch = Path(tempfile.mkdtemp(prefix="sparkdl-model-"))
+    if not hadoopfs.is_local(model_uri):
+        tables.check_input(spark, model_uri, "model")
+    spec, scratch = resolve_bundle(model_uri, spark)
     try:
-        if hadoopfs.is_local(uri):
-            directory = hadoopfs.local_path(uri)
-            if not (directory / "config.json").is_file():
-                raise DataError(f"{uri} is not a sparkdl model bundle (no config.json); train one with `sparkdl train`")
-        else:
-            tables.check_input(spark, uri, "model")
-            directory = hadoopfs.copy_to_local(spark, uri, scratch / "model")
-        spec = spec_from_bundle_dir(directory, spark=spark, scratch=scratch)
         weights = size = None
         if spec.backbone.weights is not None:
             source = Path(spec.backbone.weights)

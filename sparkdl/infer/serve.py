@@ -723,26 +723,11 @@ async def _parts(request: Request, body: bytes, max_parts: int, limit: int) -> l
 
 
 def resolve_model(uri: str, spark=None) -> tuple[ClassifierSpec, Path]:
-    """Check a bundle and find its backbone without building the network: (spec, scratch directory). A bundle on
-    a Hadoop URI is copied into the scratch directory with ``spark`` (which may be stopped afterwards: the spec
-    only names local files). The caller removes the scratch directory when done serving."""
-    from sparkdl.bundle import _need_spark
-    from sparkdl.data import hadoopfs
-    from sparkdl.featurize.carry import scratch_dir
-    from sparkdl.infer.classifier import spec_from_bundle_dir
+    """Check a bundle and find its backbone without building the network: (spec, scratch directory)
+    (:func:`sparkdl.infer.classifier.resolve_bundle`). The caller removes the scratch directory when done serving."""
+    from sparkdl.infer.classifier import resolve_bundle
 
-    scratch = scratch_dir()
-    try:
-        if hadoopfs.is_local(uri):
-            directory = hadoopfs.local_path(uri)
-            if not (directory / "config.json").is_file():
-                raise DataError(f"{directory} is not a sparkdl model bundle (no config.json); train one with `sparkdl train`")
-        else:
-            directory = hadoopfs.copy_to_local(_need_spark(spark, uri), uri, scratch / "model")
-        return spec_from_bundle_dir(directory, spark=spark, scratch=scratch), scratch
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+    return resolve_bundle(uri, spark)
 
 
 def _worker_app(spec: ClassifierSpec, config: ServeConfig):
