@@ -290,15 +290,15 @@ def _read_events(path: Path) -> list[dict]:
 
 
 def _check_replaceable(out: Path) -> None:
-    """``--overwrite`` replaces an earlier bundle (a directory with config.json, or an empty one), nothing else."""
-    if not out.is_dir() or out.is_symlink():
-        raise DataError(f"model directory {out} is {'a symlink' if out.is_symlink() else 'a file'}, not a model bundle: "
-                        f"--overwrite replaces only an earlier bundle; remove it yourself or choose another path")  # fmt: skip
-    entries = sorted(p.name for p in out.iterdir())
-    if entries and "config.json" not in entries:
-        raise DataError(f"model directory {out} is not a model bundle (it holds {len(entries)} entries such as "
-                        f"{entries[:3]}, no config.json): --overwrite replaces only an earlier bundle; remove it "
-                        f"yourself or choose another path")  # fmt: skip
+    """``--overwrite`` replaces an earlier bundle (a directory with config.json, or an empty one), nothing else:
+    :func:`sparkdl.data.outputs.replaceable_problem`'s rule, on the local disk."""
+    from sparkdl.data.outputs import replaceable_problem
+
+    not_a_directory = "a symlink" if out.is_symlink() else (None if out.is_dir() else "a file")
+    entries = [] if not_a_directory else sorted((p.name, p.is_dir()) for p in out.iterdir())
+    problem = replaceable_problem(str(out), "bundle", "model directory", not_a_directory, entries)
+    if problem:
+        raise DataError(problem)
 
 
 def _swap_in(new: Path, out: Path) -> None:

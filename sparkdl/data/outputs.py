@@ -83,17 +83,30 @@ def _is_bundle_dir(entries: list[tuple[str, bool]]) -> bool:
     return not entries or ("config.json", False) in entries
 
 
+NOUNS = {"table": "a table (a directory of Parquet part files)", "bundle": "a model bundle (a directory with config.json)"}
+
+
+def replaceable_problem(uri: str, kind: str, what: str, not_a_directory: str | None,
+                        entries: list[tuple[str, bool]]) -> str | None:  # fmt: skip
+    """Why ``--overwrite`` may not replace ``uri`` (None: it is an earlier output of this ``kind``, "table" or
+    "bundle"). ``not_a_directory``: what ``uri`` is instead of a directory ("a file", "a symlink"), else None;
+    ``entries``: (name, is_directory) of a directory. The one rule for Hadoop URIs and the driver's own disk."""
+    if not_a_directory:
+        return (f"{what} {uri} is {not_a_directory}, not {NOUNS[kind]}: --overwrite replaces only an earlier output; "
+                "remove it yourself or choose another path")  # fmt: skip
+    if not (_is_table_dir(entries) if kind == "table" else _is_bundle_dir(entries)):
+        return (f"{what} {uri} is not {NOUNS[kind]} (it holds {_describe(entries)}): --overwrite replaces only an "
+                "earlier output; remove it yourself or choose another path")  # fmt: skip
+    return None
+
+
 def check_replaceable(spark, uri: str, kind: str, what: str) -> None:
     """``uri`` exists and ``--overwrite`` was given: it must be an earlier output of this ``kind`` ("table" or
     "bundle"), never a file or a directory of something else."""
-    noun = {"table": "a table (a directory of Parquet part files)", "bundle": "a model bundle (a directory with config.json)"}[kind]
-    if hadoopfs.is_file(spark, uri):
-        raise DataError(f"{what} {uri} is a file, not {noun}: --overwrite replaces only an earlier output; "
-                        f"remove it yourself or choose another path")  # fmt: skip
-    entries = hadoopfs.list_dir(spark, uri)
-    if not (_is_table_dir(entries) if kind == "table" else _is_bundle_dir(entries)):
-        raise DataError(f"{what} {uri} is not {noun} (it holds {_describe(entries)}): --overwrite replaces only an "
-                        f"earlier output; remove it yourself or choose another path")  # fmt: skip
+    is_file = hadoopfs.is_file(spark, uri)
+    problem = replaceable_problem(uri, kind, what, "a file" if is_file else None, [] if is_file else hadoopfs.list_dir(spark, uri))
+    if problem:
+        raise DataError(problem)
 
 
 def check_output(spark, stage: str, uri: str, overwrite: bool, kind: str, what: str, inputs: list[Place]) -> None:
@@ -123,8 +136,7 @@ class TableOutput:
     """A table, its rejects and its meta, written under ``<uri>.partial/`` and swapped in by :meth:`commit`.
 
     ``open()`` first; after an error ``abandon()`` removes what was staged (except a failed run's rejects, kept
-    where :meth:`enforce_rejects` said they are); ``finish(meta)`` writes the meta and swaps. Also a context
-    manager (open / abandon on error)."""
+    where :meth:`enforce_rejects` said they are); ``finish(meta)`` writes the meta and swaps."""
 
     spark: object
     uri: str
@@ -161,13 +173,6 @@ class TableOutput:
             hadoopfs.delete(self.spark, self.staging)
         except Exception:  # noqa: BLE001
             pass
-
-    def __enter__(self) -> "TableOutput":
-        return self.open()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abandon()
 
     def _marker(self) -> bytes:
         return (json.dumps({"run_id": self.run_id, "stage": self.stage}) + "\n").encode()

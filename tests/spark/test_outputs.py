@@ -195,3 +195,15 @@ def test_bundle_copied_to_a_hadoop_uri_is_swapped_not_deleted_first(spark, tmp_p
     hadoopfs.put_dir(spark, tmp_path / "b3", target, overwrite=True)
     assert load_bundle(target, spark=spark).head.params != {}
     assert sorted(p.name for p in (tmp_path / "remote").iterdir() if not p.name.startswith(".")) == ["model"]
+
+
+def test_bundle_save_overwrites_only_an_earlier_bundle(tmp_path):
+    """ModelBundle.save (no Spark) applies the same rule as the stages' check."""
+    a_file, foreign = tmp_path / "file", tmp_path / "foreign"
+    a_file.write_text("precious")
+    (foreign / "docs").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"model directory .*file is a file, not a model bundle .*replaces only an earlier output"):
+        _bundle().save(a_file, overwrite=True)
+    with pytest.raises(DataError, match=r"model directory .*foreign is not a model bundle .*\(it holds 1 entries such as 'docs/'\)"):
+        _bundle().save(foreign, overwrite=True)
+    assert a_file.read_text() == "precious" and (foreign / "docs").is_dir()
