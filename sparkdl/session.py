@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from sparkdl.config import SessionConfig
 from sparkdl.errors import ConfigError
@@ -107,3 +109,27 @@ def _apply_runtime_conf(spark, config: SessionConfig) -> None:
     for key, value in config.extra_conf:
         if key.startswith("spark.sql."):
             spark.conf.set(key, value)
+
+
+JOB_GROUP_PREFIX = "sparkdl-"
+
+
+@contextmanager
+def job_description(spark, stage: str, text: str) -> Iterator[None]:
+    """Every Spark job this thread starts inside the block shows ``sparkdl <stage>: <text>`` in the Spark UI and
+    belongs to the job group ``sparkdl-<stage>`` (``statusTracker().getJobIdsForGroup``); the thread's previous
+    group and description come back afterwards. A Spark Connect session has no SparkContext: nothing is set."""
+    try:
+        sc = spark.sparkContext
+    except Exception:  # Spark Connect: jobs are described by the server
+        yield
+        return
+    keys = ("spark.jobGroup.id", "spark.job.description")
+    before = {k: sc.getLocalProperty(k) for k in keys}
+    sc.setLocalProperty("spark.jobGroup.id", JOB_GROUP_PREFIX + stage)
+    sc.setLocalProperty("spark.job.description", f"sparkdl {stage}: {text}")
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            sc.setLocalProperty(key, value)  # None removes the property
