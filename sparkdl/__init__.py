@@ -45,6 +45,8 @@ _EXPORTS = {
     "ModelBundle": "sparkdl.bundle",
     "HeadClassifier": "sparkdl.ml",
     "HeadClassifierModel": "sparkdl.ml",
+    "ImageClassifierModel": "sparkdl.ml",
+    "ImageClassifier": "sparkdl.infer.classifier",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -336,8 +336,8 @@ def _resolve(uri: str | Path, spark) -> str | Path:
         from pyspark.sql import SparkSession
 
         spark = SparkSession.getActiveSession()
-    if spark is None:
-        return uri
+    if spark is None or type(spark).__module__.startswith("pyspark.sql.connect"):
+        return uri  # a Spark Connect client has no Hadoop client: its own disk
     qualified = hadoopfs.qualify(spark, str(uri))
     return uri if hadoopfs.is_local(qualified) else qualified
 

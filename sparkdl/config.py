@@ -184,6 +184,7 @@ class OptimizerConfig:
 
 MASTERS = ("averaging", "sharing")
 TRANSPORTS = ("grpc", "inproc", "aeron")
+SPARK_TRANSPORTS = tuple(t for t in TRANSPORTS if t != "inproc")  # what Spark tasks can use (inproc: LocalLauncher)
 EXECUTIONS = ("barrier", "rounds")
 
 
@@ -310,6 +311,42 @@ class TrainConfig:
             "transport": self.transport.to_json(),
             **({"sharing": self.sharing.to_json()} if self.master == "sharing" else {}),
         }
+
+
+def training_defaults() -> dict[str, object]:
+    """Every training option's default, by its Spark ML Param name (``sparkdl.ml.train_params.HasTrainingParams``; the
+    CLI's ``--kebab-case`` training options take theirs from here too).
+
+    Derived from the field defaults of :class:`TrainConfig` and the configs it nests, the one place they are
+    stated. Written the way the options take them: ``head`` as a spec (``softmax``, ``mlp:512,256``),
+    ``residualClip`` as ``k:n``, and ``earlyStoppingPatience`` 0 for "off" (``None`` in ``TrainConfig``).
+    """
+    t = TrainConfig()
+    head, opt, sharing = t.head, t.optimizer, t.sharing
+    return {
+        "master": t.master,
+        "workers": t.workers,
+        "epochs": t.epochs,
+        "batchSizePerWorker": t.batch_size_per_worker,
+        "averagingFrequency": t.averaging_frequency,
+        "execution": t.execution,
+        "aggregationDepth": t.aggregation_depth,
+        "treeFanout": t.tree_fanout,
+        "transport": t.transport.name,
+        "threshold": sharing.threshold,
+        "residualClip": f"{sharing.residual_clip_k:g}:{sharing.residual_clip_every}",
+        "staleness": sharing.staleness,
+        "head": head.kind + (":" + ",".join(str(h) for h in head.hidden) if head.hidden else ""),
+        "dropout": head.dropout,
+        "optimizer": opt.name,
+        "lr": opt.lr,
+        "momentum": opt.momentum,
+        "weightDecay": opt.weight_decay,
+        "averageUpdaterState": t.average_updater_state,
+        "earlyStoppingPatience": t.early_stopping_patience or 0,
+        "seed": t.seed,
+        "scoreEvery": t.score_every,
+    }
 
 
 _TRIGGER_RE = re.compile(r"^\d+(\.\d+)?\s*(ms|s|sec|seconds|m|min|minutes)$")

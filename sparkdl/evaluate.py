@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import pickle
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
 from sparkdl.data.arrow import features_matrix
 from sparkdl.errors import DataError
+from sparkdl.session import job_description
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,14 @@ def _evaluate_partition(batches, *, head_bc, n_classes, features_col, label_col)
     yield pa.RecordBatch.from_pydict({"payload": [pickle.dumps((confusion, top5, loss))]})
 
 
+def _described(spark, n_classes: int) -> AbstractContextManager:
+    """The caller's job description when it set one (train's scoring, ``evaluate_model``), else
+    ``sparkdl evaluate: a head of N classes``."""
+    if spark.sparkContext.getLocalProperty("spark.job.description") is not None:
+        return nullcontext()
+    return job_description(spark, "evaluate", f"a head of {n_classes} classes")
+
+
 def evaluate_head(df, head_spec, n_classes: int, features_col: str = "features", label_col: str = "label_index") -> Metrics:
     """Metrics of ``head_spec`` (a ``HeadSpec``: config + weights) on every row of ``df``, computed where the rows are.
     ``features_col`` may be ``array<float|double>`` or a Spark ML Vector. No validation here: ``evaluate_model`` runs
@@ -126,7 +136,8 @@ def evaluate_head(df, head_spec, n_classes: int, features_col: str = "features",
         fn = functools.partial(
             _evaluate_partition, head_bc=head_bc, n_classes=n_classes, features_col=features_col, label_col=label_col
         )
-        rows = df.select(features_col, label_col).mapInArrow(fn, "payload binary").collect()
+        with _described(spark, n_classes):
+            rows = df.select(features_col, label_col).mapInArrow(fn, "payload binary").collect()
     finally:
         head_bc.destroy()
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)

@@ -36,3 +36,20 @@ def ingested(spark, caltech, tmp_path_factory):
     out = tmp_path_factory.mktemp("ingested") / "images.parquet"
     result = ingest_images(spark, IngestConfig(images_uri=str(caltech["root"]), output_uri=str(out), max_reject_fraction=0.2))
     return result
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory):
+    """A real Spark Connect server (``local[2]``, 127.0.0.1) for the whole run; yields its ``sc://`` URL. Run clients
+    with ``connect_server.run_connect_client(url, script)``: in child processes, never next to the ``spark`` fixture
+    (pyspark.ml picks classic or Connect code from one process-wide environment variable)."""
+    from connect_server import missing_client_packages, start_connect_server
+
+    missing = missing_client_packages()
+    if missing:
+        pytest.fail(f"Spark Connect tests need the connect extra (missing {', '.join(missing)}): pip install -e '.[connect]'")
+    server = start_connect_server(tmp_path_factory.mktemp("connect"))
+    try:
+        yield server.url
+    finally:
+        server.stop()

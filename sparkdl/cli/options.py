@@ -10,7 +10,10 @@ import json
 import sys
 import time
 
-from sparkdl.config import HeadConfig, OptimizerConfig, SessionConfig, SharingConfig, TrainConfig, TransportConfig
+from sparkdl.config import (
+    EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, HeadConfig, OptimizerConfig, SessionConfig, SharingConfig, TrainConfig,
+    TransportConfig, training_defaults,
+)
 
 
 class Progress:
@@ -80,55 +83,75 @@ def common_parser() -> argparse.ArgumentParser:
     return common
 
 
-def add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
+def add_train_args(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
+    """The training options (one per ``HasTrainingParams`` Param of ``sparkdl.ml.train_params``, same defaults: both take
+    them from ``config.training_defaults()``, i.e. the config dataclasses). ``epochs`` overrides that default for
+    commands that want another one."""
+    d = training_defaults()
+    epochs = d["epochs"] if epochs is None else epochs
     p.add_argument(
         "--master",
         dest="training_master",
-        default="averaging",
-        choices=["averaging", "sharing"],
+        default=d["master"],
+        choices=list(MASTERS),
         help="averaging: parameter averaging (DL4J ParameterAveragingTrainingMaster); sharing: threshold-quantized "
-        "gradient sharing over a tree of workers (Strom 2015, DL4J SharedTrainingMaster) (default averaging)",
+        f"gradient sharing over a tree of workers (Strom 2015, DL4J SharedTrainingMaster) (default {d['master']})",
     )
-    p.add_argument("--workers", type=positive_int, default=2, help="data-parallel workers (default 2)")
+    p.add_argument("--workers", type=positive_int, default=d["workers"], help=f"data-parallel workers (default {d['workers']})")
     p.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default {epochs})")
-    p.add_argument("--batch-size-per-worker", type=positive_int, default=16, help="minibatch per worker (default 16)")
-    p.add_argument("--averaging-frequency", type=positive_int, default=5, help="minibatches between averagings (default 5)")
+    p.add_argument("--batch-size-per-worker", type=positive_int, default=d["batchSizePerWorker"],
+                   help=f"minibatch per worker (default {d['batchSizePerWorker']})")  # fmt: skip
+    p.add_argument("--averaging-frequency", type=positive_int, default=d["averagingFrequency"],
+                   help=f"minibatches between averagings (default {d['averagingFrequency']})")  # fmt: skip
     p.add_argument(
         "--execution",
-        default="barrier",
-        choices=["barrier", "rounds"],
+        default=d["execution"],
+        choices=list(EXECUTIONS),
         help="barrier: the whole fit in one Spark barrier stage, workers averaging among themselves over --transport "
-        "(fast); rounds: one Spark job per averaging round, a lost task retried alone (default barrier)",
+        f"(fast); rounds: one Spark job per averaging round, a lost task retried alone (default {d['execution']})",
     )
-    p.add_argument("--aggregation-depth", type=positive_int, default=2, help="treeAggregate depth, --execution rounds (default 2)")
-    p.add_argument("--tree-fanout", type=positive_int, default=8, help="children per worker in the tree workers sum over (default 8)")
+    p.add_argument("--aggregation-depth", type=positive_int, default=d["aggregationDepth"],
+                   help=f"treeAggregate depth, --execution rounds (default {d['aggregationDepth']})")  # fmt: skip
+    p.add_argument("--tree-fanout", type=positive_int, default=d["treeFanout"],
+                   help=f"children per worker in the tree workers sum over (default {d['treeFanout']})")  # fmt: skip
     p.add_argument(
         "--transport",
-        default="grpc",
-        choices=["grpc", "aeron"],
-        help="how barrier workers talk: grpc (default); aeron is refused with the reason (no binding on Python 3.11)",
+        default=d["transport"],
+        choices=list(SPARK_TRANSPORTS),
+        help=f"how barrier workers talk (default {d['transport']}); aeron is refused with the reason "
+        "(no binding on Python 3.11)",
     )
     p.add_argument(
         "--threshold",
-        default="adaptive",
-        help="sharing: adaptive[:T0] (keep 1e-4..1e-2 of the entries sent), fixed:T or target-sparsity:S (default adaptive)",
+        default=d["threshold"],
+        help="sharing: adaptive[:T0] (keep 1e-4..1e-2 of the entries sent), fixed:T or target-sparsity:S "
+        f"(default {d['threshold']})",
     )
-    p.add_argument("--residual-clip", default="5:5", help="sharing: clip the residual to +-k x tau every n steps, k:n (default 5:5; k:0 never)")
-    p.add_argument("--staleness", type=int, default=0, help="sharing: 0 synchronous and deterministic; k > 0 up to k steps ahead (default 0)")
-    p.add_argument("--head", default="softmax", help="softmax or mlp:H1,H2,... (default softmax)")
-    p.add_argument("--dropout", type=fraction, default=0.0, help="dropout after each hidden layer of an mlp head")
-    p.add_argument("--optimizer", default="nesterov", choices=["sgd", "nesterov", "adam"], help="default nesterov")
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
-    p.add_argument("--momentum", type=fraction, default=0.9, help="momentum for sgd/nesterov (default 0.9)")
+    p.add_argument("--residual-clip", default=d["residualClip"],
+                   help=f"sharing: clip the residual to +-k x tau every n steps, k:n (default {d['residualClip']}; k:0 never)")  # fmt: skip
+    p.add_argument("--staleness", type=int, default=d["staleness"],
+                   help=f"sharing: 0 synchronous and deterministic; k > 0 up to k steps ahead (default {d['staleness']})")  # fmt: skip
+    p.add_argument("--head", default=d["head"], help=f"softmax or mlp:H1,H2,... (default {d['head']})")
+    p.add_argument("--dropout", type=fraction, default=d["dropout"],
+                   help=f"dropout after each hidden layer of an mlp head (default {d['dropout']})")  # fmt: skip
+    p.add_argument("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS), help=f"default {d['optimizer']}")
+    p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']})")
+    p.add_argument("--momentum", type=fraction, default=d["momentum"], help=f"momentum for sgd/nesterov (default {d['momentum']})")
     p.add_argument(
         "--average-updater-state",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="average the optimizer state (momentum, Adam moments) with the parameters (default on)",
+        default=d["averageUpdaterState"],
+        help="average the optimizer state (momentum, Adam moments) with the parameters "
+        f"(default {'on' if d['averageUpdaterState'] else 'off'})",
     )
-    p.add_argument("--early-stopping-patience", type=positive_int, default=None, help="stop after N epochs without a better valid accuracy")
-    p.add_argument("--seed", type=int, default=42, help="head init, shuffling and dropout seed (default 42)")
-    p.add_argument("--score-every", type=int, default=0, help="print the training loss every N averaging rounds (default: per epoch only)")
+    patience = d["earlyStoppingPatience"] or None  # the Param's 0 ("off") is the option's None
+    p.add_argument("--early-stopping-patience", type=positive_int, default=patience,
+                   help="stop after N epochs without a better valid accuracy "
+                   f"(default {patience if patience else 'off'})")  # fmt: skip
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"head init, shuffling and dropout seed (default {d['seed']})")
+    p.add_argument("--score-every", type=int, default=d["scoreEvery"],
+                   help="print the training loss every N averaging rounds "
+                   f"(default: {d['scoreEvery'] if d['scoreEvery'] else 'per epoch only'})")  # fmt: skip
 
 
 # -- configs from the options ----------------------------------------------------------------------------------------

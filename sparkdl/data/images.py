@@ -31,6 +31,7 @@ from typing import Callable, Iterator, NamedTuple
 from sparkdl.config import SPLIT_NAMES, IngestConfig
 from sparkdl.data import decode, hadoopfs, outputs, tables
 from sparkdl.errors import ConfigError, DataError
+from sparkdl.session import job_description
 
 Progress = Callable[[str], None]
 
@@ -416,7 +417,13 @@ class IngestResult(tables.StageResult):
 
 
 def ingest_images(spark, config: IngestConfig, progress: Progress | None = None) -> IngestResult:
-    """Read, validate, label and split an image-folder tree; write the images table, its rejects and its meta."""
+    """Read, validate, label and split an image-folder tree; write the images table, its rejects and its meta.
+    Its Spark jobs show ``sparkdl ingest: <images> -> <output>`` in the Spark UI (job group ``sparkdl-ingest``)."""
+    with job_description(spark, "ingest", f"{config.images_uri} -> {config.output_uri}"):
+        return _ingest_images(spark, config, progress)
+
+
+def _ingest_images(spark, config: IngestConfig, progress: Progress | None) -> IngestResult:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 

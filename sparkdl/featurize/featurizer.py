@@ -1,6 +1,7 @@
 """ImageFeaturizer (a pyspark.ml Transformer) and the featurize stage (images table -> features table).
 
-Executor side: ``mapInArrow`` streams Arrow batches of encoded images through a frozen backbone. The backbone is
+Executor side: ``mapInArrow`` streams Arrow batches of images (encoded bytes, or Spark's image struct from
+``spark.read.format("image")``) through a frozen backbone. The backbone is
 built once per Python worker process (Spark reuses Python workers, ``spark.python.worker.reuse``) and kept for later
 batches, partitions and tasks; torch uses ``spark.task.cpus`` threads so concurrent tasks do not oversubscribe cores.
 """
@@ -15,17 +16,19 @@ from typing import Callable, Iterator
 
 from pyspark import keyword_only
 from pyspark.ml import Transformer
-from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param import TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
+from sparkdl import params as P
 from sparkdl.config import FeaturizeConfig
 from sparkdl.data import hadoopfs, outputs, tables
 from sparkdl.data.arrow import list_column
-from sparkdl.data.decode import ImageDecodeError, open_image
+from sparkdl.data.decode import ImageDecodeError, decode_image
 from sparkdl.data.features import FEATURES_COLUMNS, FEATURES_FORMAT, IMAGES_TYPES
 from sparkdl.errors import DataError
-from sparkdl.featurize.backbones import LoadedBackbone, check_backbone, load_backbone
+from sparkdl.featurize.backbones import LoadedBackbone, check_backbone, list_backbones, load_backbone
+from sparkdl.session import job_description
 
 Progress = Callable[[str], None]
 
@@ -98,9 +101,12 @@ def featurize_arrow_batches(
     input_col: str,
     output_col: str,
     error_col: str,
-    fail_on_error: bool,
+    handle_invalid: str = "keep",
+    keep_input: bool = False,
 ) -> Iterator:
-    """Encoded images in Arrow record batches -> the same rows without ``input_col``, plus features and errors."""
+    """Images (encoded bytes or Spark's image struct) in Arrow record batches -> the same rows (without
+    ``input_col`` unless ``keep_input``), plus features and errors. ``handle_invalid``: an image that does not
+    decode gets null features and its error ("keep"), fails the task ("error") or drops its row ("skip")."""
     import numpy as np
     import pyarrow as pa
     import torch
@@ -117,20 +123,26 @@ def featurize_arrow_batches(
     dim = model.spec.feature_dim
 
     for batch in batches:
-        keep = [name for name in batch.schema.names if name != input_col]
+        keep = [name for name in batch.schema.names if keep_input or name != input_col]
         images = batch.column(input_col)
         for start in range(0, batch.num_rows, batch_size):
             n = min(batch_size, batch.num_rows - start)
             arrays, good, errors = [], [], [None] * n
             for i in range(n):
                 try:
-                    img = open_image(images[start + i].as_py(), draft_size=prep.resize)
+                    img = decode_image(images[start + i].as_py(), draft_size=prep.resize)
                     arrays.append(prep.to_array(img))
                     good.append(i)
                 except ImageDecodeError as exc:
-                    if fail_on_error:
+                    if handle_invalid == "error":
                         raise DataError(f"row {start + i} of a batch: {exc}") from None
                     errors[i] = f"{exc.reason}: {exc.detail}"
+            sliced = batch.slice(start, n)
+            if handle_invalid == "skip" and len(good) < n:
+                sliced, n, errors = sliced.take(pa.array(good, type=pa.int64())), len(good), [None] * len(good)
+                good = list(range(n))
+            if n == 0:
+                continue
             values = np.zeros((n, dim), dtype=np.float32)
             if arrays:
                 out = model(torch.from_numpy(np.stack(arrays)))
@@ -138,7 +150,6 @@ def featurize_arrow_batches(
             valid = np.zeros(n, dtype=bool)
             valid[good] = True
             features = list_column(values, valid)
-            sliced = batch.slice(start, n)
             columns = [sliced.column(name) for name in keep] + [features, pa.array(errors, type=pa.string())]
             fields = [batch.schema.field(name) for name in keep] + [
                 pa.field(output_col, pa.list_(pa.float32())),
@@ -147,26 +158,57 @@ def featurize_arrow_batches(
             yield pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
 
 
+HANDLE_INVALID = ("keep", "error", "skip")
+IMAGE_STRUCT_FIELDS = {"origin": "string", "height": "int", "width": "int", "nChannels": "int", "mode": "int", "data": "binary"}
+IMAGE_INPUT_TYPES = "binary (encoded image bytes, e.g. binaryFile's content) or Spark's image struct (spark.read.format('image'))"
+
+
+def is_image_input(data_type) -> bool:
+    """A Spark type images can come in: binary (encoded bytes) or Spark's image struct (its six fields, any order)."""
+    from pyspark.sql.types import BinaryType, StructType
+
+    if isinstance(data_type, BinaryType):
+        return True
+    return isinstance(data_type, StructType) and {
+        f.name: f.dataType.simpleString() for f in data_type.fields
+    } == IMAGE_STRUCT_FIELDS
+
+
+def check_image_column(df, column: str, what: str, taker: str) -> None:
+    """Refuse a missing column or one that holds no images, in one line naming the column and its type."""
+    if column not in df.columns:
+        raise DataError(f"{what} {column!r} not found (columns: {df.columns})")
+    data_type = df.schema[column].dataType
+    if not is_image_input(data_type):
+        raise DataError(f"{what} {column!r} has type {data_type.simpleString()}; {taker} takes {IMAGE_INPUT_TYPES}")
+
+
+@P.with_accessors
 class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
-    """Encoded images (binary column) -> ``array<float>`` features from a frozen pretrained backbone.
+    """Images (binary column of encoded bytes, or Spark's image struct) -> ``array<float>`` features from a frozen
+    pretrained backbone.
 
     Rows whose image does not decode get null features and ``errorCol`` = "<reason>: <detail>"
-    (``handleInvalid="keep"``, the default) or fail the job (``handleInvalid="error"``).
+    (``handleInvalid="keep"``, the default), fail the job ("error") or are dropped ("skip"). The input column is
+    kept in the output unless ``keepInputCol=False``.
     """
 
-    backbone = Param(Params._dummy(), "backbone", "registered backbone name", TypeConverters.toString)
-    weightsPath = Param(
-        Params._dummy(), "weightsPath", "weights file readable on the driver ('' = embedded default)", TypeConverters.toString
+    backbone = P.param("backbone", "registered backbone name", P.one_of("backbone", list_backbones))
+    weightsPath = P.param(
+        "weightsPath", "weights file readable on the driver ('' = embedded default)", TypeConverters.toString
     )
-    randomInit = Param(Params._dummy(), "randomInit", "seeded random weights (timing runs only)", TypeConverters.toBoolean)
-    batchSize = Param(Params._dummy(), "batchSize", "images per forward pass", TypeConverters.toInt)
-    threadsPerTask = Param(
-        Params._dummy(), "threadsPerTask", "torch threads per task (0 = spark.task.cpus)", TypeConverters.toInt
+    randomInit = P.param("randomInit", "seeded random weights (timing runs only)", P.boolean("randomInit"))
+    batchSize = P.param("batchSize", "images per forward pass (>= 1)", P.int_at_least("batchSize", 1))
+    threadsPerTask = P.param(
+        "threadsPerTask", "torch threads per task (0 = spark.task.cpus)", P.int_at_least("threadsPerTask", 0)
     )
-    errorCol = Param(Params._dummy(), "errorCol", "column for per-row decode errors", TypeConverters.toString)
-    handleInvalid = Param(
-        Params._dummy(), "handleInvalid", "undecodable image: 'keep' (null + errorCol) or 'error'", TypeConverters.toString
+    errorCol = P.param("errorCol", "column for per-row decode errors", P.column_name("errorCol"))
+    handleInvalid = P.param(
+        "handleInvalid",
+        "undecodable image: 'keep' (null features + errorCol), 'error' (fail) or 'skip' (drop the row)",
+        P.one_of("handleInvalid", HANDLE_INVALID),
     )
+    keepInputCol = P.param("keepInputCol", "keep the input column in the output", P.boolean("keepInputCol"))
 
     @keyword_only
     def __init__(
@@ -181,6 +223,7 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         threadsPerTask: int = 0,
         errorCol: str = "featurize_error",
         handleInvalid: str = "keep",
+        keepInputCol: bool = True,
     ) -> None:
         super().__init__()
         self._setDefault(
@@ -193,41 +236,46 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
             threadsPerTask=0,
             errorCol="featurize_error",
             handleInvalid="keep",
+            keepInputCol=True,
         )
         self._set(**self._input_kwargs)
 
-    def _transform(self, dataset):
-        from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+    def _output_fields(self, dataset) -> list:
+        """The input's fields (less ``inputCol`` unless kept) + outputCol + errorCol, refusing a name clash."""
+        from pyspark.sql.types import ArrayType, FloatType, StringType, StructField
 
-        in_col, out_col, err_col = self.getInputCol(), self.getOutputCol(), self.getOrDefault(self.errorCol)
-        if in_col not in dataset.columns:
-            raise DataError(f"input column {in_col!r} not found (columns: {dataset.columns})")
-        handle = self.getOrDefault(self.handleInvalid)
-        if handle not in ("keep", "error"):
-            raise DataError(f"handleInvalid must be 'keep' or 'error', got {handle!r}")
-        if self.getOrDefault(self.batchSize) < 1:
-            raise DataError("batchSize must be >= 1")
-        weights = self.getOrDefault(self.weightsPath) or None
+        in_col, out_col, err_col = self.getInputCol(), self.getOutputCol(), self.getErrorCol()
+        fields = [f for f in dataset.schema.fields if self.getKeepInputCol() or f.name != in_col]
+        taken = {f.name for f in fields}
+        for what, name in (("outputCol", out_col), ("errorCol", err_col)):
+            if name in taken:
+                raise DataError(f"{what} {name!r} is already a column of the output: set another {what}")
+            taken.add(name)
+        return fields + [StructField(out_col, ArrayType(FloatType())), StructField(err_col, StringType())]
+
+    def _transform(self, dataset):
+        from pyspark.sql.types import StructType
+
+        check_image_column(dataset, self.getInputCol(), "inputCol", "ImageFeaturizer")
+        schema = StructType(self._output_fields(dataset))
+        weights = self.getWeightsPath() or None
         if weights is not None:
             if not os.path.isfile(weights):
                 raise DataError(f"weights file {weights} does not exist on the driver")
             dataset.sparkSession.sparkContext.addFile(weights)  # shipped to every executor
-        fields = [f for f in dataset.schema.fields if f.name != in_col]
-        schema = StructType(
-            fields + [StructField(out_col, ArrayType(FloatType())), StructField(err_col, StringType())]
-        )
         fn = functools.partial(
             featurize_arrow_batches,
-            backbone=self.getOrDefault(self.backbone),
+            backbone=self.getBackbone(),
             weights=weights,
             weights_size=os.path.getsize(weights) if weights else None,
-            random_init=self.getOrDefault(self.randomInit),
-            batch_size=self.getOrDefault(self.batchSize),
-            threads=self.getOrDefault(self.threadsPerTask),
-            input_col=in_col,
-            output_col=out_col,
-            error_col=err_col,
-            fail_on_error=handle == "error",
+            random_init=self.getRandomInit(),
+            batch_size=self.getBatchSize(),
+            threads=self.getThreadsPerTask(),
+            input_col=self.getInputCol(),
+            output_col=self.getOutputCol(),
+            error_col=self.getErrorCol(),
+            handle_invalid=self.getHandleInvalid(),
+            keep_input=self.getKeepInputCol(),
         )
         return dataset.mapInArrow(fn, schema)
 
@@ -272,16 +320,17 @@ def featurize_images(spark, config: FeaturizeConfig, progress: Progress | None =
     reads = outputs.table_places("images table", config.input_uri)
     if config.weights:
         reads.append(outputs.Place("weights file", config.weights))
-    outputs.check_output(spark, "featurize", config.output_uri, config.overwrite, "table", "features table", inputs=reads)
-    tables.check_input(spark, config.input_uri, "images table")
-    if config.weights and not hadoopfs.is_local(config.weights):
-        # weights on the cluster's file system: one copy on the driver, which Spark then ships to the executors
-        tables.check_input(spark, config.weights, "weights file")
-        say(f"featurize: copying {config.weights} to the driver")
-        with hadoopfs.local_copy(spark, config.weights, prefix="sparkdl-weights-") as local:
-            return _featurize(spark, config, str(local), start, say)
-    local = str(hadoopfs.local_path(config.weights)) if config.weights else None
-    return _featurize(spark, config, local, start, say)
+    with job_description(spark, "featurize", f"{config.backbone} on {config.input_uri}"):
+        outputs.check_output(spark, "featurize", config.output_uri, config.overwrite, "table", "features table", inputs=reads)
+        tables.check_input(spark, config.input_uri, "images table")
+        if config.weights and not hadoopfs.is_local(config.weights):
+            # weights on the cluster's file system: one copy on the driver, which Spark then ships to the executors
+            tables.check_input(spark, config.weights, "weights file")
+            say(f"featurize: copying {config.weights} to the driver")
+            with hadoopfs.local_copy(spark, config.weights, prefix="sparkdl-weights-") as local:
+                return _featurize(spark, config, str(local), start, say)
+        local = str(hadoopfs.local_path(config.weights)) if config.weights else None
+        return _featurize(spark, config, local, start, say)
 
 
 def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float, say: Progress) -> FeaturizeResult:
@@ -318,6 +367,7 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         batchSize=config.batch_size,
         threadsPerTask=config.threads_per_task or 0,
         errorCol="featurize_error",
+        keepInputCol=False,  # the features table holds no image bytes
     )
     out = featurizer.transform(images)
     out = out.withColumn(tables.REASON_COL, F.substring_index("featurize_error", ":", 1)).withColumn(

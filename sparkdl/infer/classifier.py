@@ -18,7 +18,7 @@ import numpy as np
 
 from sparkdl.bundle import ModelBundle
 from sparkdl.data import hadoopfs
-from sparkdl.data.decode import ImageDecodeError, open_image
+from sparkdl.data.decode import ImageDecodeError, decode_image
 from sparkdl.errors import DataError
 from sparkdl.featurize.carry import ResolvedBackbone, resolve_backbone, scratch_dir
 from sparkdl.train.head import HeadSpec
@@ -140,10 +140,11 @@ class ImageClassifier:
     def model_sha256(self) -> str:
         return self.spec.model_sha256
 
-    def decode(self, data: bytes | bytearray | memoryview | None) -> np.ndarray | Reject:
-        """Bytes -> the backbone's CHW float32 input, or a Reject with ingest's reason."""
+    def decode(self, data: bytes | bytearray | memoryview | dict | None) -> np.ndarray | Reject:
+        """Encoded bytes or Spark's image struct (a dict) -> the backbone's CHW float32 input, or a Reject with
+        ingest's reason."""
         try:
-            return self.preprocess.to_array(open_image(data, draft_size=self.preprocess.resize))
+            return self.preprocess.to_array(decode_image(data, draft_size=self.preprocess.resize))
         except ImageDecodeError as exc:
             return Reject(exc.reason, exc.detail)
 
@@ -160,7 +161,7 @@ class ImageClassifier:
         nn = self._torch.nn
         return nn.Sequential(self._backbone.module, self._head, nn.Softmax(dim=1)).eval()
 
-    def predict(self, images: Sequence[bytes | bytearray | memoryview | None], top_k: int = 5) -> list[Result]:
+    def predict(self, images: Sequence[bytes | bytearray | memoryview | dict | None], top_k: int = 5) -> list[Result]:
         """One result per image, in order; the decodable ones go through the network in one batch."""
         decoded = [self.decode(img) for img in images]
         good = [i for i, d in enumerate(decoded) if not isinstance(d, Reject)]

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 from sparkdl.config import PredictConfig
 from sparkdl.data import hadoopfs, outputs, tables
 from sparkdl.errors import DataError
-from sparkdl.featurize.featurizer import _shipped_weights_path, plan_partitions
+from sparkdl.featurize.featurizer import _shipped_weights_path, check_image_column, plan_partitions
 from sparkdl.infer.classifier import ClassifierSpec, ImageClassifier, Reject, resolve_bundle
 
 Progress = Callable[[str], None]
@@ -67,7 +67,8 @@ WORKER_CLASSIFIERS = _WorkerClassifiers()
 
 def predict_arrow_batches(batches: Iterator, *, spec_bc, weights: str | None, weights_size: int | None,
                           batch_size: int, threads: int, top_k: int, image_col: str) -> Iterator:  # fmt: skip
-    """Executor side: rows with encoded images -> the same rows without ``image_col``, plus the prediction columns
+    """Executor side: rows with images (encoded bytes or Spark's image struct) -> the same rows without ``image_col``,
+    plus the prediction columns
     and ``reject_reason`` / ``reject_detail`` (set, with null predictions, for an image that does not decode)."""
     import numpy as np
     import pyarrow as pa
@@ -201,9 +202,17 @@ def _input_frame(spark, config: PredictConfig, stream: bool):
 
 
 def predict_frame(df, shipped: ShippedModel, top_k: int = 5, batch_size: int = 32, threads_per_task: int | None = None):
-    """A DataFrame with ``path string`` and ``image binary`` (any other columns are kept), batch or streaming ->
-    the prediction columns (and ``reject_reason`` / ``reject_detail``) instead of ``image``. Returns (DataFrame,
-    the broadcast spec to destroy when done). What ``sparkdl predict`` runs; usable on any source (Kafka: README)."""
+    """A DataFrame with ``path string`` and ``image`` (binary encoded bytes, or Spark's image struct from
+    ``spark.read.format("image")``; any other columns are kept), batch or streaming -> the prediction columns (and
+    ``reject_reason`` / ``reject_detail``) instead of ``image``. An image struct with no ``path`` column gives
+    ``path`` = its ``origin``. Returns (DataFrame, the broadcast spec to destroy when done). What ``sparkdl predict``
+    runs; usable on any source (Kafka: README)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    check_image_column(df, "image", "column", "predict_frame")
+    if "path" not in df.columns and isinstance(df.schema["image"].dataType, StructType):
+        df = df.select(F.col("image.origin").alias("path"), "*")
     spark = df.sparkSession
     spec_bc = spark.sparkContext.broadcast(shipped.spec)
     fn = functools.partial(
@@ -260,7 +269,15 @@ def _unread_rejects(spark, predicted, listed: list[str]):
 
 
 def predict_images(spark, config: PredictConfig, progress: Progress | None = None) -> PredictResult:
-    """Batch prediction: a predictions table (+ rejects + meta), written complete or not at all."""
+    """Batch prediction: a predictions table (+ rejects + meta), written complete or not at all. Its Spark jobs
+    show ``sparkdl predict: <model> on <input>`` in the Spark UI (job group ``sparkdl-predict``)."""
+    from sparkdl.session import job_description
+
+    with job_description(spark, "predict", f"{config.model_uri} on {config.images_uri or config.table_uri}"):
+        return _predict_images(spark, config, progress)
+
+
+def _predict_images(spark, config: PredictConfig, progress: Progress | None) -> PredictResult:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 

@@ -144,7 +144,9 @@ class SparkBarrierLauncher(Launcher):
         self.transport = transport
 
     def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None) -> list:
-        """``data``: an RDD with one partition per rank."""
+        """``data``: an RDD with one partition per rank. The barrier job runs on this thread, so it carries this
+        thread's job group / description (``sparkdl.session.job_description``, local properties are per Python
+        thread); the event sink's thread only hands events to ``on_event`` and starts no Spark job."""
         sc = data.context
         world = data.getNumPartitions()
         task_cpus = int(sc.getConf().get("spark.task.cpus", "1"))

@@ -40,7 +40,10 @@ from torch import nn
 from sparkdl.data.features import validate_features
 from sparkdl.errors import DivergedError
 from sparkdl.evaluate import evaluate_head
-from sparkdl.train.barrier import lay_out, params_digest, run_launch, score_valid_shard, steps_per_epoch
+from sparkdl.session import job_description
+from sparkdl.train.barrier import (
+    launch_description, lay_out, params_digest, run_launch, score_valid_shard, steps_per_epoch,
+)  # fmt: skip
 from sparkdl.train.collective import tree_allreduce
 from sparkdl.train.head import HeadSpec
 from sparkdl.train.layout import epoch_order, load_shard, partition_starts, plan_partition, round_rows, round_seed
@@ -232,9 +235,11 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         """``(round, worker, index in the worker's round, path)`` for every training row in ``epoch``, sorted.
         Collects the paths to the driver: for inspection and tests, not used by training."""
         cfg = self.config
-        info = validate_features(features, 2**31 - 1)
+        with job_description(features.sparkSession, "train", f"planning epoch {epoch + 1} of {cfg.workers} shards"):
+            info = validate_features(features, 2**31 - 1)
+            planned = self.shard_plan(features, info["per_partition"]).collect()
         shards: dict[int, list[str]] = {}
-        for row in sorted(self.shard_plan(features, info["per_partition"]).collect(), key=lambda r: (r["worker"], r["local"])):
+        for row in sorted(planned, key=lambda r: (r["worker"], r["local"])):
             shards.setdefault(row["worker"], []).append(row["path"])
         plan = []
         for worker, paths in shards.items():
@@ -261,11 +266,13 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
         valid = features.filter(F.col("split") == "valid").select("path", "label_index", "features")
         rounds_per_epoch = steps_per_epoch(info["train"], cfg.workers, cfg.worker_rows_per_round)
         prepare_seconds = time.perf_counter() - start
+        spark = features.sparkSession
         try:
             if launcher is not None:
-                result = self._fit_barrier(launcher, shards, head, dim, n_classes, rounds_per_epoch, listeners)
+                with job_description(spark, "train", launch_description("averaging", cfg.epochs, cfg.workers, launcher)):
+                    result = self._fit_barrier(launcher, shards, head, dim, n_classes, rounds_per_epoch, listeners)
             else:
-                result = self._fit_rounds(shards, valid, head, dim, n_classes, info, rounds_per_epoch, listeners)
+                result = self._fit_rounds(spark, shards, valid, head, dim, n_classes, info, rounds_per_epoch, listeners)
         finally:
             shards.unpersist()
         result.seconds = time.perf_counter() - start
@@ -314,7 +321,8 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
             return functools.reduce(sum_payloads, payloads.collect())
         return payloads.treeReduce(sum_payloads, depth=cfg.aggregation_depth)
 
-    def _fit_rounds(self, shards, valid, head, dim, n_classes, info, rounds_per_epoch, listeners) -> TrainResult:
+    def _fit_rounds(self, spark, shards, valid, head, dim, n_classes, info, rounds_per_epoch, listeners) -> TrainResult:
+        """One Spark job per round, each described ``sparkdl train: epoch 3/10, round 5/8``."""
         cfg = self.config
         sc = shards.context
         params = get_params(head)
@@ -340,7 +348,8 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                 }
                 state_bc = sc.broadcast(state)
                 t1 = time.perf_counter()
-                summed = self._run_round(shards, r, state_bc)
+                with job_description(spark, "train", f"epoch {epoch + 1}/{cfg.epochs}, round {r + 1}/{rounds_per_epoch}"):
+                    summed = self._run_round(shards, r, state_bc)
                 t2 = time.perf_counter()
                 k = summed["workers"]
                 params = average(summed["params"], k)
@@ -367,7 +376,10 @@ class ParameterAveragingTrainingMaster(TrainingMaster):
                     listener.on_round(event)
             examples_total += examples
             spec = HeadSpec(cfg.head, dim, n_classes, params)
-            valid_metrics = evaluate_head(valid, spec, n_classes) if info["valid"] else None
+            valid_metrics = None
+            if info["valid"]:
+                with job_description(spark, "train", f"epoch {epoch + 1}/{cfg.epochs}, scoring valid"):
+                    valid_metrics = evaluate_head(valid, spec, n_classes)
             record = tracker.end_epoch(epoch, loss_sum, examples, time.perf_counter() - epoch_start, valid_metrics,
                                        lambda: params)  # fmt: skip
             for listener in listeners:

@@ -17,6 +17,7 @@ from sparkdl.errors import DataError
 from sparkdl.evaluate import Metrics, evaluate_head
 from sparkdl.featurize.backbones import list_backbones
 from sparkdl.featurize.carry import carry_backbone
+from sparkdl.session import job_description
 from sparkdl.train.head import HeadSpec, build_head
 from sparkdl.train.listeners import EventLog, ScoreListener, StatsCollector
 from sparkdl.train.master import build_master
@@ -95,10 +96,12 @@ def train_head(
 ) -> TrainSummary:
     """Train a head on a features table and write a self-contained model bundle: the head, its labels, and the
     backbone the features were made with (a user's weights converted into ``backbone.safetensors``, or the embedded
-    package's sha256; ``embed_backbone=False`` stores the weights URI + sha256 instead)."""
+    package's sha256; ``embed_backbone=False`` stores the weights URI + sha256 instead). Its Spark jobs show
+    ``sparkdl train: ...`` in the Spark UI (job group ``sparkdl-train``): checking, the fit, scoring, writing."""
     scratch = Path(tempfile.mkdtemp(prefix="sparkdl-train-"))
     try:
-        return _train_head(spark, features_uri, output_dir, config, overwrite, progress, embed_backbone, scratch)
+        with job_description(spark, "train", f"{features_uri} -> {output_dir}"):
+            return _train_head(spark, features_uri, output_dir, config, overwrite, progress, embed_backbone, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -107,20 +110,21 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
                 embed_backbone: bool, scratch: Path) -> TrainSummary:  # fmt: skip
     say = progress or (lambda _msg: None)
     out = str(output_dir)
-    # before training, not after: never onto the features table, only over an earlier bundle, writable
-    outputs.check_output(spark, "train", out, overwrite, "bundle", "model directory",
-                         inputs=outputs.table_places("features table", features_uri))
-    df, meta = read_features(spark, features_uri)
-    table = _table_labels(df, meta, features_uri)
-    labels = table.labels
-    info = validate_features(df, len(labels), features_uri)  # the same checks (and text) as evaluate's
-    dim = _feature_dim(meta, info, features_uri)
-    warnings = label_warnings(table.groups, labels)
-    for warning in warnings:
-        say(f"train: warning: {warning}")
-    if table.source == "derived":
-        say(f"train: {features_uri} has no meta.json: {len(labels)} labels derived from its rows")
-    backbone, attachments = _carried_backbone(spark, meta, embed_backbone, scratch, say)
+    with job_description(spark, "train", f"checking {features_uri}"):
+        # before training, not after: never onto the features table, only over an earlier bundle, writable
+        outputs.check_output(spark, "train", out, overwrite, "bundle", "model directory",
+                             inputs=outputs.table_places("features table", features_uri))
+        df, meta = read_features(spark, features_uri)
+        table = _table_labels(df, meta, features_uri)
+        labels = table.labels
+        info = validate_features(df, len(labels), features_uri)  # the same checks (and text) as evaluate's
+        dim = _feature_dim(meta, info, features_uri)
+        warnings = label_warnings(table.groups, labels)
+        for warning in warnings:
+            say(f"train: warning: {warning}")
+        if table.source == "derived":
+            say(f"train: {features_uri} has no meta.json: {len(labels)} labels derived from its rows")
+        backbone, attachments = _carried_backbone(spark, meta, embed_backbone, scratch, say)
     head = build_head(config.head, dim, len(labels), seed=config.seed)
     events, stats = EventLog(), StatsCollector()
     say(
@@ -128,10 +132,12 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
         f"{list(config.head.hidden) or ''} on {dim}-d features, {len(labels)} classes"
     )
     start = time.perf_counter()
+    # the masters describe their own jobs (the fit, per round in the ``rounds`` execution)
     result = build_master(config).fit(df, head, len(labels), listeners=[events, stats, ScoreListener(say, every=config.score_every)])
     spec = HeadSpec.from_module(config.head, dim, len(labels), result.head)
     say(f"train: best epoch {result.best_epoch + 1}; evaluating every split")
-    per_split = evaluate_splits(df, spec, counts=info)
+    with job_description(spark, "train", f"scoring every split of {features_uri}"):
+        per_split = evaluate_splits(df, spec, counts=info)
     seconds = time.perf_counter() - start
     metrics = {
         **{s: m.to_json() for s, m in per_split.items()},
@@ -152,7 +158,8 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
         events=events.events,
         attachments=attachments,
     )
-    out = save_bundle(bundle, out, overwrite=overwrite, spark=spark)
+    with job_description(spark, "train", f"writing the model bundle to {out}"):
+        out = save_bundle(bundle, out, overwrite=overwrite, spark=spark)
     say(f"train: model bundle written to {out}")
     return TrainSummary(
         model_dir=out,
@@ -180,7 +187,14 @@ def _carried_backbone(spark, meta: dict | None, embed: bool, scratch: Path, say:
 
 
 def evaluate_model(spark, model_dir: str | Path, features_uri: str, split: str | None = "test") -> Metrics:
-    """Metrics of a saved model on a features table (one split, or every row with ``split=None``)."""
+    """Metrics of a saved model on a features table (one split, or every row with ``split=None``). Its Spark jobs
+    show ``sparkdl evaluate: <model> on <features> (<split>)`` in the Spark UI (job group ``sparkdl-evaluate``)."""
+    rows = split if split is not None else "every row"
+    with job_description(spark, "evaluate", f"{model_dir} on {features_uri} ({rows})"):
+        return _evaluate_model(spark, model_dir, features_uri, split)
+
+
+def _evaluate_model(spark, model_dir: str | Path, features_uri: str, split: str | None) -> Metrics:
     from pyspark.sql import functions as F
 
     tables.check_input(spark, str(model_dir), "model")

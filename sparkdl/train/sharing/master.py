@@ -26,7 +26,10 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from sparkdl.train.barrier import lay_out, params_digest, run_launch, score_valid_shard, steps_per_epoch
+from sparkdl.session import job_description
+from sparkdl.train.barrier import (
+    launch_description, lay_out, params_digest, run_launch, score_valid_shard, steps_per_epoch,
+)  # fmt: skip
 from sparkdl.train.collective import tree_allreduce
 from sparkdl.train.head import HeadSpec
 from sparkdl.train.layout import epoch_order, load_shard, round_rows, round_seed
@@ -254,7 +257,8 @@ class SharedGradientTrainingMaster(TrainingMaster):
         state = {"config": cfg, "spec": HeadSpec(cfg.head, dim, n_classes, get_params(head)), "dim": dim,
                  "steps_per_epoch": steps}  # fmt: skip
         try:
-            outs = run_launch(launcher, functools.partial(_sharing_fit, state=state), shards, listeners)
+            with job_description(features.sparkSession, "train", launch_description("sharing", cfg.epochs, cfg.workers, launcher)):
+                outs = run_launch(launcher, functools.partial(_sharing_fit, state=state), shards, listeners)
         finally:
             shards.unpersist()
         lead = outs[0]
