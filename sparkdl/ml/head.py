@@ -22,12 +22,12 @@ from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param.shared import (HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol,
                                      HasRawPredictionCol)  # fmt: skip
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLWritable
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkdl.bundle import ModelBundle, load_bundle, save_bundle
 from sparkdl.errors import ConfigError, DataError
 from sparkdl.ml import columns
-from sparkdl.ml.persist import BundleModelReader, BundleModelWriter, is_spark_ml_save
+from sparkdl.ml.persist import BundlePersistence, is_spark_ml_save
 from sparkdl.ml.train_params import HasTrainingParams
 from sparkdl.params import column_name, one_of, param, with_accessors
 from sparkdl.train.head import HeadSpec
@@ -181,7 +181,7 @@ def _score(arrays: Iterator, *, spec: HeadSpec, fail: bool) -> Iterator:
 
 
 @with_accessors
-class HeadClassifierModel(Model, _HeadColumns, MLWritable, MLReadable):
+class HeadClassifierModel(Model, _HeadColumns, BundlePersistence):
     """Adds ``rawPredictionCol`` (logits) and ``probabilityCol`` (softmax) as DenseVectors and ``predictionCol``
     (double class index, names in the column's ML attributes); with handleInvalid='keep' also ``errorCol``."""
 
@@ -248,17 +248,6 @@ class HeadClassifierModel(Model, _HeadColumns, MLWritable, MLReadable):
     @classmethod
     def _read_data(cls, uri: str, spark) -> "HeadClassifierModel":
         return cls(load_bundle(uri, spark))
-
-    def write(self) -> BundleModelWriter:
-        return BundleModelWriter(self)
-
-    def save(self, path: str) -> None:
-        """``write().save(path)``: refuses an existing path (``write().overwrite().save(path)`` replaces it)."""
-        self.write().save(path)
-
-    @classmethod
-    def read(cls) -> BundleModelReader:
-        return BundleModelReader(cls)
 
     @classmethod
     def load(cls, path: str) -> "HeadClassifierModel":

@@ -20,12 +20,11 @@ import numpy as np
 import pyarrow as pa
 from pyspark.ml import Model
 from pyspark.ml.param.shared import HasInputCol, HasPredictionCol, HasProbabilityCol
-from pyspark.ml.util import MLReadable, MLWritable
 
 from sparkdl.errors import ConfigError, DataError
 from sparkdl.ml import columns
 from sparkdl.ml.head import HANDLE_INVALID
-from sparkdl.ml.persist import BundleModelReader, BundleModelWriter, refuse_connect
+from sparkdl.ml.persist import BundlePersistence, refuse_connect
 from sparkdl.params import column_name, int_at_least, one_of, param, with_accessors
 
 SCORE_TYPE = "struct<prob:array<double>,pred:double,err:string>"
@@ -80,7 +79,7 @@ def _score_images(arrays: Iterator, *, spec, weights, weights_size, batch_size: 
 
 
 @with_accessors
-class ImageClassifierModel(Model, HasInputCol, HasPredictionCol, HasProbabilityCol, MLWritable, MLReadable):
+class ImageClassifierModel(Model, HasInputCol, HasPredictionCol, HasProbabilityCol, BundlePersistence):
     """Adds ``probabilityCol`` (DenseVector, softmax) and ``predictionCol`` (double class index, names in the
     column's ML attributes: ``IndexToString`` needs no labels); with handleInvalid='keep' also ``errorCol``."""
 
@@ -181,13 +180,3 @@ class ImageClassifierModel(Model, HasInputCol, HasPredictionCol, HasProbabilityC
     @classmethod
     def _read_data(cls, uri: str, spark) -> "ImageClassifierModel":
         return cls.fromBundle(uri, spark)
-
-    def write(self) -> BundleModelWriter:
-        return BundleModelWriter(self)
-
-    def save(self, path: str) -> None:
-        self.write().save(path)
-
-    @classmethod
-    def read(cls) -> BundleModelReader:
-        return BundleModelReader(cls)

@@ -1,10 +1,9 @@
 """Spark ML persistence for the stages that carry a model bundle: Spark's layout, our bundle as the data.
 
     <path>/metadata/   Spark's DefaultParamsWriter JSON: class, uid, every Param set and every default
-    <path>/data/       the model bundle (``sparkdl.bundle``): what ``sparkdl train`` writes, so ``sparkdl serve
-                       <path>/data`` and ``HeadClassifierModel.fromBundle`` read it too
+    <path>/data/       the model bundle (``sparkdl.bundle``), in ``sparkdl train``'s format
 
-``Pipeline``, ``PipelineModel``, ``CrossValidatorModel`` and ``TrainValidationSplitModel`` save and load these
+``Pipeline``, ``PipelineModel`` and ``CrossValidatorModel`` save and load these
 stages through ``write()`` / ``read()`` like Spark's own, on a local path or any Hadoop URI. A direct
 ``model.write().overwrite().save(path)`` replaces only an earlier Spark ML save (a directory with ``metadata/``),
 and the earlier one stays whole until the new one is complete (staged beside it, then swapped in).
@@ -14,7 +13,7 @@ from __future__ import annotations
 
 import posixpath
 
-from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
+from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 
 from sparkdl.bundle import BUNDLE_FORMAT
 from sparkdl.errors import ConfigError, DataError
@@ -90,6 +89,22 @@ class BundleModelReader(MLReader):
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
         return instance
+
+
+class BundlePersistence(MLWritable, MLReadable):
+    """Mixin of the stages that carry a bundle: they define ``_write_data(uri, spark)`` and the classmethod
+    ``_read_data(uri, spark)``."""
+
+    def write(self) -> BundleModelWriter:
+        return BundleModelWriter(self)
+
+    def save(self, path: str) -> None:
+        """``write().save(path)``: refuses an existing path (``write().overwrite().save(path)`` replaces it)."""
+        self.write().save(path)
+
+    @classmethod
+    def read(cls) -> BundleModelReader:
+        return BundleModelReader(cls)
 
 
 def is_spark_ml_save(spark, path: str) -> bool:

@@ -182,3 +182,29 @@ def test_overwrites_on_hdfs_keep_the_previous_output_until_the_new_one_is_comple
     entries = {e["name"]: e for e in admin.list(path)}
     assert entries["w.bin"]["length"] == 4
     assert not any(n.endswith((".partial", ".replaced")) for n in entries)
+
+
+def test_spark_ml_models_save_and_load_on_hdfs(spark, hdfs):
+    """A PipelineModel holding a HeadClassifierModel: Spark's metadata and the bundle as data, on hdfs://; loaded back
+    it predicts the same bits; write().overwrite() swaps a new save in."""
+    from pyspark.ml import PipelineModel
+
+    from sparkdl.bundle import ModelBundle
+    from sparkdl.config import HeadConfig
+    from sparkdl.ml import HeadClassifierModel
+    from sparkdl.train.head import HeadSpec, build_head
+
+    head = HeadSpec.from_module(HeadConfig(), 4, 3, build_head(HeadConfig(), 4, 3, seed=5))
+    model = HeadClassifierModel(ModelBundle(head=head, labels=["a", "b", "c"])).setPredictionCol("pred")
+    df = spark.createDataFrame([(i, [float(i), 1.0, -1.0, 0.5 * i]) for i in range(20)], "id int, features array<float>")
+    uri = f"{hdfs['home']}/ml/pipeline"
+    PipelineModel(stages=[model]).write().save(uri)
+    loaded = PipelineModel.load(uri)
+    assert loaded.stages[0].getPredictionCol() == "pred" and loaded.stages[0].labels == ["a", "b", "c"]
+    cols = ["id", "pred", "probability", "rawPrediction"]
+    assert loaded.transform(df).orderBy("id").select(cols).collect() == model.transform(df).orderBy("id").select(cols).collect()
+    model.setPredictionCol("p2").write().save(f"{hdfs['home']}/ml/head")
+    model.setPredictionCol("p3").write().overwrite().save(f"{hdfs['home']}/ml/head")
+    assert HeadClassifierModel.load(f"{hdfs['home']}/ml/head").getPredictionCol() == "p3"
+    path = f"{hdfs['home'].split(hdfs['fs'], 1)[1]}/ml"
+    assert sorted(e["name"] for e in hdfs["admin"].list(path)) == ["head", "pipeline"]

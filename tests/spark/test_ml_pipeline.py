@@ -21,7 +21,7 @@ FAST = dict(epochs=2, batchSizePerWorker=8, averagingFrequency=2, lr=0.05)
 def frame(spark, tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("mlfeat") / "features.parquet")
     make_features_table(spark, uri, n=0, dim=6, n_classes=3, seed=7, split_counts={"train": 72, "valid": 12, "test": 24})
-    return spark.read.parquet(uri).orderBy("path").cache()
+    return spark.read.parquet(uri).cache()  # no orderBy: a 200-partition shuffle makes every fit and transform slow
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def fitted(frame):
 
 
 def _rows(df, cols):
-    return [tuple(r[c] for c in cols) for r in df.orderBy("path").collect()]
+    """The rows' ``cols``, sorted by the first (unique) one on the driver (no shuffle)."""
+    return sorted((tuple(r[c] for c in cols) for r in df.collect()), key=lambda t: t[0])
 
 
 def test_outputs_follow_spark_ml_conventions(frame, fitted):
@@ -208,7 +209,7 @@ def test_pipeline_and_crossvalidator_save_load_in_a_fresh_process(spark, frame, 
         test = spark.read.parquet({str(tmp_path / "test.parquet")!r})
         out = {{}}
         for name, cls in (("pipeline", PipelineModel), ("cv", CrossValidatorModel)):
-            rows = cls.load({str(tmp_path)!r} + "/" + name).transform(test).orderBy("path").collect()
+            rows = sorted(cls.load({str(tmp_path)!r} + "/" + name).transform(test).collect(), key=lambda r: r["path"])
             out[name] = [[r["path"], r["pred"], r["probability"].toArray().tolist()] for r in rows]
         spark.stop()
         print(json.dumps(out))
@@ -230,7 +231,7 @@ spark = SparkSession.builder.getOrCreate()  # SPARK_REMOTE: the test's server
 bundle, table = sys.argv[1], sys.argv[2]
 df = spark.read.parquet(table)
 model = HeadClassifierModel.fromBundle(bundle).setPredictionCol("pred")
-rows = model.transform(df).orderBy("path").collect()
+rows = sorted(model.transform(df).collect(), key=lambda r: r["path"])
 try:
     HeadClassifier(labelCol="label").fit(df)
     refusal = None
