@@ -182,20 +182,18 @@ def test_featurize_stage_jobs_carry_a_group_and_a_description(spark, png_dir, tm
     rows = [(f"file:/p/{n}", "c", 0, "train", (png_dir / n).read_bytes()) for n in GOOD]
     src = str(tmp_path / "images.parquet")
     spark.createDataFrame(rows, "path string, label string, label_index int, split string, image binary").write.parquet(src)
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup("sparkdl-featurize"))  # earlier tests' featurize runs, if any
     result = featurize_images(spark, FeaturizeConfig(input_uri=src, output_uri=str(tmp_path / "f.parquet"), backbone="tiny"))
     assert spark.read.parquet(result.output_uri).columns == ["path", "label", "label_index", "split", "features"]
-    tracker = spark.sparkContext.statusTracker()
     deadline = time.monotonic() + 20
-    while not tracker.getJobIdsForGroup("sparkdl-featurize") and time.monotonic() < deadline:
+    while not set(tracker.getJobIdsForGroup("sparkdl-featurize")) - before and time.monotonic() < deadline:
         time.sleep(0.2)  # the status store follows the listener bus
-    assert tracker.getJobIdsForGroup("sparkdl-featurize")
+    new = set(tracker.getJobIdsForGroup("sparkdl-featurize")) - before
+    assert new
     jobs = spark.sparkContext._jsc.sc().statusStore().jobsList(None)
-    described = [
-        jobs.apply(i).description().get()
-        for i in range(jobs.size())
-        if jobs.apply(i).jobGroup().isDefined() and jobs.apply(i).jobGroup().get() == "sparkdl-featurize"
-    ]
-    assert described and all(d.startswith(f"sparkdl featurize: tiny on {src}") for d in described)
+    described = [jobs.apply(i).description().get() for i in range(jobs.size()) if jobs.apply(i).jobId() in new]
+    assert len(described) == len(new) and all(d.startswith(f"sparkdl featurize: tiny on {src}") for d in described)
     assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None  # restored after the stage
 
 
