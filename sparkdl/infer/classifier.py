@@ -161,16 +161,21 @@ class ImageClassifier:
         nn = self._torch.nn
         return nn.Sequential(self._backbone.module, self._head, nn.Softmax(dim=1)).eval()
 
+    def score(self, images: Sequence[bytes | bytearray | memoryview | dict | None]) -> tuple[np.ndarray, list[Reject | None]]:
+        """(probabilities (N, n_classes) float32, zeros for an image that does not decode; each image's Reject or
+        None). The decodable images go through the network in one batch."""
+        decoded = [self.decode(img) for img in images]
+        rejects = [d if isinstance(d, Reject) else None for d in decoded]
+        probs = np.zeros((len(decoded), len(self.labels)), dtype=np.float32)
+        good = [i for i, r in enumerate(rejects) if r is None]
+        if good:
+            probs[good] = self.probabilities(np.stack([decoded[i] for i in good]))
+        return probs, rejects
+
     def predict(self, images: Sequence[bytes | bytearray | memoryview | dict | None], top_k: int = 5) -> list[Result]:
         """One result per image, in order; the decodable ones go through the network in one batch."""
-        decoded = [self.decode(img) for img in images]
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, Reject)]
-        results: list[Result] = list(decoded)  # type: ignore[arg-type]
-        if good:
-            probs = self.probabilities(np.stack([decoded[i] for i in good]))
-            for i, p in zip(good, probs):
-                results[i] = self.prediction(p, top_k)
-        return results
+        probs, rejects = self.score(images)
+        return [r if r is not None else self.prediction(p, top_k) for p, r in zip(probs, rejects)]
 
     def prediction(self, probs: np.ndarray, top_k: int = 5) -> Prediction:
         k = max(1, min(int(top_k), len(self.labels)))

@@ -29,7 +29,7 @@ from sparkdl.config import PredictConfig
 from sparkdl.data import hadoopfs, outputs, tables
 from sparkdl.errors import DataError
 from sparkdl.featurize.featurizer import _shipped_weights_path, check_image_column, plan_partitions
-from sparkdl.infer.classifier import ClassifierSpec, ImageClassifier, Reject, resolve_bundle
+from sparkdl.infer.classifier import ClassifierSpec, ImageClassifier, resolve_bundle
 
 Progress = Callable[[str], None]
 PREDICTIONS_FORMAT = "sparkdl.predictions/1"
@@ -70,7 +70,6 @@ def predict_arrow_batches(batches: Iterator, *, spec_bc, weights: str | None, we
     """Executor side: rows with images (encoded bytes or Spark's image struct) -> the same rows without ``image_col``,
     plus the prediction columns
     and ``reject_reason`` / ``reject_detail`` (set, with null predictions, for an image that does not decode)."""
-    import numpy as np
     import pyarrow as pa
     import torch
 
@@ -90,19 +89,16 @@ def predict_arrow_batches(batches: Iterator, *, spec_bc, weights: str | None, we
         images = batch.column(image_col)
         for start in range(0, batch.num_rows, batch_size):
             n = min(batch_size, batch.num_rows - start)
-            decoded = [model.decode(images[start + i].as_py()) for i in range(n)]
-            good = [i for i, d in enumerate(decoded) if not isinstance(d, Reject)]
+            probs, rejects = model.score([images[start + i].as_py() for i in range(n)])
             cols: dict[str, list] = {"prediction": [None] * n, "prediction_index": [None] * n, "probability": [None] * n,
                                      "top_k": [None] * n, tables.REASON_COL: [None] * n, tables.DETAIL_COL: [None] * n}  # fmt: skip
-            if good:
-                probs = model.probabilities(np.stack([decoded[i] for i in good]))
-                for i, p in zip(good, probs):
-                    pred = model.prediction(p, k)
-                    cols["prediction"][i], cols["prediction_index"][i], cols["probability"][i] = pred.label, pred.index, pred.probability
-                    cols["top_k"][i] = [{"label": lab, "probability": prob} for lab, prob in pred.top_k]
-            for i, d in enumerate(decoded):
-                if isinstance(d, Reject):
-                    cols[tables.REASON_COL][i], cols[tables.DETAIL_COL][i] = d.reason, d.detail
+            for i, (p, reject) in enumerate(zip(probs, rejects)):
+                if reject is not None:
+                    cols[tables.REASON_COL][i], cols[tables.DETAIL_COL][i] = reject.reason, reject.detail
+                    continue
+                pred = model.prediction(p, k)
+                cols["prediction"][i], cols["prediction_index"][i], cols["probability"][i] = pred.label, pred.index, pred.probability
+                cols["top_k"][i] = [{"label": lab, "probability": prob} for lab, prob in pred.top_k]
             sliced = batch.slice(start, n)
             arrays = [sliced.column(name) for name in keep] + [
                 pa.array(cols["prediction"], pa.string()), pa.array(cols["prediction_index"], pa.int32()),

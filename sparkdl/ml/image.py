@@ -44,7 +44,6 @@ def _score_images(arrays: Iterator, *, spec, weights, weights_size, batch_size: 
     from pyspark import TaskContext
 
     from sparkdl.featurize.featurizer import _shipped_weights_path
-    from sparkdl.infer.classifier import Reject
     from sparkdl.infer.predict import WORKER_CLASSIFIERS
 
     ctx = TaskContext.get()
@@ -59,16 +58,13 @@ def _score_images(arrays: Iterator, *, spec, weights, weights_size, batch_size: 
         probs = np.zeros((n, k), dtype=np.float64)
         errors: list[str | None] = [None] * n
         for start in range(0, n, batch_size):
-            decoded = [model.decode(x) for x in items[start : start + batch_size]]
-            good = [i for i, d in enumerate(decoded) if not isinstance(d, Reject)]
-            for i, d in enumerate(decoded):
-                if isinstance(d, Reject):
+            chunk, rejects = model.score(items[start : start + batch_size])
+            probs[start : start + len(chunk)] = chunk
+            for i, d in enumerate(rejects):
+                if d is not None:
                     if fail:
                         raise DataError(f"an image cannot be scored: {d.reason}: {d.detail}; set handleInvalid='keep' or 'skip'")
                     errors[start + i] = f"{d.reason}: {d.detail}"
-            if good:
-                out = model.probabilities(np.stack([decoded[i] for i in good]))
-                probs[[start + i for i in good]] = out.astype(np.float64)
         ok = np.array([e is None for e in errors], dtype=bool)
         offsets = pa.array(np.arange(n + 1, dtype=np.int32) * k)
         yield pa.StructArray.from_arrays(
