@@ -89,6 +89,20 @@ def _shipped_weights_path(path: str | None, expected_size: int | None) -> str | 
     return resolved
 
 
+def use_task_threads(threads: int = 0) -> None:
+    """Executor side: torch uses ``threads`` threads (0: ``spark.task.cpus`` of the running task, 1 outside a task),
+    so concurrent tasks do not oversubscribe the cores."""
+    import torch
+
+    if threads <= 0:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        threads = max(1, ctx.cpus() if ctx is not None else 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def featurize_arrow_batches(
     batches: Iterator,
     *,
@@ -111,13 +125,7 @@ def featurize_arrow_batches(
     import pyarrow as pa
     import torch
 
-    if threads <= 0:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        threads = max(1, ctx.cpus() if ctx is not None else 1)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    use_task_threads(threads)
     model = WORKER_MODELS.get(backbone, _shipped_weights_path(weights, weights_size), random_init)
     prep = model.preprocess
     dim = model.spec.feature_dim

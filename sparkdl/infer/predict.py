@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 from sparkdl.config import PredictConfig
 from sparkdl.data import hadoopfs, outputs, tables
 from sparkdl.errors import DataError
-from sparkdl.featurize.featurizer import _shipped_weights_path, check_image_column, plan_partitions
+from sparkdl.featurize.featurizer import _shipped_weights_path, check_image_column, plan_partitions, use_task_threads
 from sparkdl.infer.classifier import ClassifierSpec, ImageClassifier, resolve_bundle
 
 Progress = Callable[[str], None]
@@ -71,15 +71,8 @@ def predict_arrow_batches(batches: Iterator, *, spec_bc, weights: str | None, we
     plus the prediction columns
     and ``reject_reason`` / ``reject_detail`` (set, with null predictions, for an image that does not decode)."""
     import pyarrow as pa
-    import torch
 
-    if threads <= 0:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        threads = max(1, ctx.cpus() if ctx is not None else 1)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    use_task_threads(threads)
     spec: ClassifierSpec = spec_bc.value
     model = WORKER_CLASSIFIERS.get(spec, _shipped_weights_path(weights, weights_size))
     k = max(1, min(top_k, spec.n_classes))

@@ -40,16 +40,10 @@ def _scorer(spec, weights: str | None, weights_size: int | None, batch_size: int
 
 def _score_images(arrays: Iterator, *, spec, weights, weights_size, batch_size: int, fail: bool) -> Iterator:
     """Executor side: images (bytes or Spark image structs) -> (softmax, argmax, why not) per row."""
-    import torch
-    from pyspark import TaskContext
-
-    from sparkdl.featurize.featurizer import _shipped_weights_path
+    from sparkdl.featurize.featurizer import _shipped_weights_path, use_task_threads
     from sparkdl.infer.predict import WORKER_CLASSIFIERS
 
-    ctx = TaskContext.get()
-    threads = max(1, ctx.cpus() if ctx is not None else 1)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    use_task_threads()
     model = WORKER_CLASSIFIERS.get(spec, _shipped_weights_path(weights, weights_size))
     k = spec.n_classes
     for arr in arrays:
