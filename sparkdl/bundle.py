@@ -336,7 +336,9 @@ def _resolve(uri: str | Path, spark) -> str | Path:
         from pyspark.sql import SparkSession
 
         spark = SparkSession.getActiveSession()
-    if spark is None or type(spark).__module__.startswith("pyspark.sql.connect"):
+    from sparkdl.session import is_connect
+
+    if spark is None or is_connect(spark):
         return uri  # a Spark Connect client has no Hadoop client: its own disk
     qualified = hadoopfs.qualify(spark, str(uri))
     return uri if hadoopfs.is_local(qualified) else qualified

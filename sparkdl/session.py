@@ -111,6 +111,11 @@ def _apply_runtime_conf(spark, config: SessionConfig) -> None:
             spark.conf.set(key, value)
 
 
+def is_connect(obj) -> bool:
+    """True for a Spark Connect SparkSession or DataFrame (no SparkContext, no RDDs, no Hadoop client here)."""
+    return type(obj).__module__.startswith("pyspark.sql.connect")
+
+
 JOB_GROUP_PREFIX = "sparkdl-"
 
 

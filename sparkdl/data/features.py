@@ -34,20 +34,35 @@ def read_features(spark, uri: str):
     return as_float_arrays(df), tables.read_meta(spark, uri, required=False)
 
 
-def as_float_arrays(df, column: str = "features"):
-    """``df`` with ``column`` as ``array<float>`` (from a Spark ML ``Vector``, dense or sparse, or ``array<double>``)
-    so that every consumer sees one type. A projection: partitions and row order are unchanged. Doubles beyond the
-    float range become inf, which ``validate_features`` refuses."""
+def float_features(df, column: str = "features"):
+    """A Column: ``column`` as ``array<float>`` (from a Spark ML ``Vector``, dense or sparse, or ``array<double>``);
+    a missing column, or one of another type, is refused naming it. DataFrame functions only (Spark Connect too)."""
     from pyspark.sql import functions as F
 
+    if column not in df.columns:
+        raise DataError(f"features column {column!r} not found (columns: {', '.join(df.columns)})")
     kind = df.schema[column].dataType.simpleString()
     if kind == "array<float>":
-        return df
+        return F.col(column)
     if kind == "vector":
         from pyspark.ml.functions import vector_to_array
 
-        return df.withColumn(column, vector_to_array(F.col(column), dtype="float32"))
-    return df.withColumn(column, F.col(column).cast("array<float>"))
+        return vector_to_array(F.col(column), dtype="float32")
+    if kind == "array<double>":
+        return F.col(column).cast("array<float>")
+    raise DataError(
+        f"features column {column!r} has type {kind}; sparkdl takes a Vector (VectorAssembler, array_to_vector) or "
+        "array<float> / array<double>"
+    )
+
+
+def as_float_arrays(df, column: str = "features"):
+    """``df`` with ``column`` as ``array<float>`` (:func:`float_features`) so that every consumer sees one type. A
+    projection: partitions and row order are unchanged. Doubles beyond the float range become inf, which
+    ``validate_features`` refuses."""
+    if df.schema[column].dataType.simpleString() == "array<float>":
+        return df
+    return df.withColumn(column, float_features(df, column))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The column types Spark ML users have, taken in and given back by Spark's conventions.
 
-In: features as ``Vector`` (``VectorAssembler``, ``array_to_vector``) or ``array<float|double>``; labels as integer
+In: features as ``Vector`` or ``array<float|double>`` (``sparkdl.data.features.float_features``); labels as integer
 indices (``StringIndexer``'s doubles with their names in the column's ML attributes, or plain ints) or strings
 (indexed here, names kept). Out: ``prediction`` double carrying the class names as nominal ML attributes (so
 ``IndexToString`` needs no labels), ``probability`` / ``rawPrediction`` as ``DenseVector``.
@@ -14,38 +14,13 @@ from dataclasses import dataclass
 
 from sparkdl.errors import DataError
 
-FEATURE_TYPES = ("vector", "array<float>", "array<double>")
 INDEX_TYPES = ("tinyint", "smallint", "int", "bigint", "float", "double")
-
-
-def is_connect(df) -> bool:
-    """True for a Spark Connect DataFrame (no SparkContext, no RDDs)."""
-    return type(df).__module__.startswith("pyspark.sql.connect")
 
 
 def column_type(df, name: str, role: str) -> str:
     if name not in df.columns:
         raise DataError(f"{role} column {name!r} not found (columns: {', '.join(df.columns)})")
     return df.schema[name].dataType.simpleString()
-
-
-def float_features(df, name: str):
-    """A Column: ``name`` as ``array<float>``; a column of another type is refused naming it."""
-    from pyspark.sql import functions as F
-
-    kind = column_type(df, name, "features")
-    if kind == "array<float>":
-        return F.col(name)
-    if kind == "vector":
-        from pyspark.ml.functions import vector_to_array
-
-        return vector_to_array(F.col(name), dtype="float32")
-    if kind == "array<double>":
-        return F.col(name).cast("array<float>")
-    raise DataError(
-        f"features column {name!r} has type {kind}; sparkdl takes a Vector (VectorAssembler, array_to_vector) or "
-        "array<float> / array<double>"
-    )
 
 
 @dataclass(frozen=True)

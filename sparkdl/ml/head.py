@@ -25,11 +25,13 @@ from pyspark.ml.param.shared import (HasFeaturesCol, HasLabelCol, HasPredictionC
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkdl.bundle import ModelBundle, load_bundle, save_bundle
+from sparkdl.data.features import float_features
 from sparkdl.errors import ConfigError, DataError
 from sparkdl.ml import columns
 from sparkdl.ml.persist import BundlePersistence, is_spark_ml_save
 from sparkdl.ml.train_params import HasTrainingParams
 from sparkdl.params import column_name, one_of, param, with_accessors
+from sparkdl.session import is_connect
 from sparkdl.train.head import HeadSpec
 
 HANDLE_INVALID = ("keep", "skip", "error")
@@ -71,7 +73,7 @@ class HeadClassifier(Estimator, _HeadColumns, HasLabelCol, HasTrainingParams, De
         from sparkdl.train.head import build_head
         from sparkdl.train.master import build_master
 
-        if columns.is_connect(dataset):
+        if is_connect(dataset):
             raise ConfigError(
                 "HeadClassifier.fit needs a classic SparkSession: training runs as a Spark barrier stage, which Spark "
                 "Connect does not offer. Fit on a classic session (or `sparkdl train`), save the model, and use "
@@ -79,7 +81,7 @@ class HeadClassifier(Estimator, _HeadColumns, HasLabelCol, HasTrainingParams, De
             )
         cfg = self.trainConfig()
         spark = dataset.sparkSession
-        features = columns.float_features(dataset, self.getFeaturesCol())
+        features = float_features(dataset, self.getFeaturesCol())
         with job_description(spark, "train", "HeadClassifier.fit: reading the input"):
             label, labels = columns.index_labels(dataset, self.getLabelCol())
             has_split = "split" in dataset.columns and dataset.schema["split"].dataType.simpleString() == "string"
@@ -226,9 +228,9 @@ class HeadClassifierModel(Model, _HeadColumns, BundlePersistence):
         if taken:
             raise DataError(f"output column {taken[0]!r} already exists in the input: set another name with "
                             f"setPredictionCol / setProbabilityCol / setRawPredictionCol / setErrorCol")  # fmt: skip
-        if columns.is_connect(dataset):
+        if is_connect(dataset):
             dataset = columns.rebuild_vectors(dataset)
-        features = columns.float_features(dataset, self.getFeaturesCol())
+        features = float_features(dataset, self.getFeaturesCol())
         score = F.arrow_udf(_scorer(self.bundle.head, handle == "error"), SCORE_TYPE)
         s = _TMP + "score"
         scored = dataset.withColumn(s, score(features))

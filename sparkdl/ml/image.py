@@ -162,8 +162,9 @@ class ImageClassifierModel(Model, HasInputCol, HasPredictionCol, HasProbabilityC
         from sparkdl.data import hadoopfs
 
         self._spec()
-        if hadoopfs.is_local(str(hadoopfs.qualify(spark, uri))):
-            shutil.copytree(self._bundle_dir, hadoopfs.local_path(hadoopfs.qualify(spark, uri)))
+        target = str(hadoopfs.qualify(spark, uri))
+        if hadoopfs.is_local(target):
+            shutil.copytree(self._bundle_dir, hadoopfs.local_path(target))
         else:
             hadoopfs.put_dir(spark, self._bundle_dir, uri, overwrite=False)
 

@@ -17,6 +17,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable
 
 from sparkdl.bundle import BUNDLE_FORMAT
 from sparkdl.errors import ConfigError, DataError
+from sparkdl.session import is_connect
 
 DATA_DIR = "data"
 STAGING_SUFFIX = ".partial"
@@ -27,7 +28,7 @@ def _join(path: str, name: str) -> str:
 
 
 def refuse_connect(spark, doing: str) -> None:
-    if type(spark).__module__.startswith("pyspark.sql.connect"):
+    if is_connect(spark):
         raise ConfigError(
             f"{doing} a sparkdl model needs a classic SparkSession (Spark Connect gives the client no access to the "
             "cluster's file system): save/load on a classic session, or use fromBundle(path) with a bundle on this "
