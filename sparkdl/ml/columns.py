@@ -43,21 +43,28 @@ def nominal_names(df, name: str) -> list[str] | None:
     return [str(v) for v in vals] if vals else None
 
 
-def index_labels(df, name: str):
+def label_type(df, name: str, shown: str | None = None) -> str:
+    """The label column's type, refused (naming it, as ``shown`` when given) unless a string or a numeric index."""
+    kind = column_type(df, name, "label")
+    if kind != "string" and kind not in INDEX_TYPES:
+        raise DataError(f"label column {shown or name!r} has type {kind}; sparkdl takes label indices (int or double, e.g. "
+                        "StringIndexer's output) or string labels")  # fmt: skip
+    return kind
+
+
+def index_labels(df, name: str, shown: str | None = None):
     """(Column of int label indices, :class:`Labels`). String labels are indexed in sorted order (distinct values
-    collected once; nulls stay null); numeric ones must be whole numbers (checked by the caller's validation)."""
+    collected once: pass a pinned DataFrame; nulls stay null); numeric ones must be whole numbers (checked by the
+    caller's validation). ``shown``: the user's name of the column, for messages."""
     from pyspark.sql import functions as F
 
-    kind = column_type(df, name, "label")
+    kind = label_type(df, name, shown)
     if kind == "string":
         names = sorted(r[0] for r in df.select(name).distinct().collect() if r[0] is not None)
         if not names:
-            raise DataError(f"label column {name!r} has no non-null values")
+            raise DataError(f"label column {shown or name!r} has no non-null values")
         mapping = F.create_map(*[x for i, n in enumerate(names) for x in (F.lit(n), F.lit(i))])
         return mapping[F.col(name)].cast("int"), Labels(names, "string")
-    if kind not in INDEX_TYPES:
-        raise DataError(f"label column {name!r} has type {kind}; sparkdl takes label indices (int or double, e.g. "
-                        "StringIndexer's output) or string labels")  # fmt: skip
     col = F.col(name)
     if kind in ("float", "double"):  # 1.5 must not become class 1
         col = F.when(col == F.floor(col), col.cast("int")).otherwise(F.lit(-1))

@@ -82,23 +82,27 @@ class HeadClassifier(Estimator, _HeadColumns, HasLabelCol, HasTrainingParams, De
         cfg = self.trainConfig()
         spark = dataset.sparkSession
         features = float_features(dataset, self.getFeaturesCol())
+        lcol = self.getLabelCol()
+        columns.label_type(dataset, lcol)  # refused now, before the input is read
         with job_description(spark, "train", "HeadClassifier.fit: reading the input"):
-            label, labels = columns.index_labels(dataset, self.getLabelCol())
             has_split = "split" in dataset.columns and dataset.schema["split"].dataType.simpleString() == "string"
-            df = dataset.select(features.alias("features"), label.alias("label_index"),
+            df = dataset.select(features.alias("features"), F.col(f"`{lcol}`").alias("label"),
                                 (F.col("split") if has_split else F.lit("train")).alias("split"))  # fmt: skip
-            skipped = 0
-            if self.getHandleInvalid() != "error":
-                bad = _invalid_features(F.col("features"))
-                skipped = df.filter(bad).count()
-                df = df.filter(~bad)
             # the master validates and deals rows per input partition: many small ones (an orderBy gives up to
             # spark.sql.shuffle.partitions) cost a Python task each, so merge them first (measured: 108 -> 4)
             target = max(cfg.workers, spark.sparkContext.defaultParallelism)
             if df.rdd.getNumPartitions() > target:
                 df = df.coalesce(target)
-            # a stable key per row for the shuffle plan (inputs may be recomputed, so pin them first)
-            df = df.withColumn("path", F.monotonically_increasing_id().cast("string")).localCheckpoint(eager=True)
+            # the input is read once (it may be a featurizer's uncached output: a backbone pass per read), pinned
+            # with a stable key per row for the shuffle plan; labels and skipped rows are counted on the pinned copy
+            pinned = df.withColumn("path", F.monotonically_increasing_id().cast("string")).localCheckpoint(eager=True)
+            label, labels = columns.index_labels(pinned, "label", shown=lcol)
+            df = pinned.select("features", label.alias("label_index"), "split", "path")
+            skipped = 0
+            if self.getHandleInvalid() != "error":
+                bad = _invalid_features(F.col("features"))
+                skipped = df.filter(bad).count()
+                df = df.filter(~bad)
             n_classes = self.getNumClasses() or (len(labels.names) if labels.names else 0)
             if n_classes <= 0:
                 top = df.agg(F.max("label_index")).first()[0]

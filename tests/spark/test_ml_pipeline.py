@@ -258,3 +258,21 @@ def test_transform_over_spark_connect(spark, frame, fitted, tmp_path, connect_se
     classic = _rows(fitted.transform(frame), ["path", "pred", "prob", "rawPrediction"])
     assert out["rows"] == [[p, pred, prob.toArray().tolist(), raw.toArray().tolist()] for p, pred, prob, raw in classic]
     assert "needs a classic SparkSession" in out["refusal"]
+
+
+def test_fit_reads_its_input_once(spark, frame):
+    """An uncached input (a featurizer's output: a backbone pass per read) is computed once by fit, string labels
+    and skipped rows included."""
+    from pyspark.sql import functions as F
+
+    reads = spark.sparkContext.accumulator(0)
+
+    def counted(batches):
+        for batch in batches:
+            reads.add(batch.num_rows)
+            yield batch
+
+    source = frame.withColumn("features", F.when(F.col("path").endswith("5.jpg"), F.lit(None)).otherwise(F.col("features")))
+    rows = source.count()
+    HeadClassifier(labelCol="label", **FAST).fit(source.mapInArrow(counted, source.schema))
+    assert reads.value == rows
