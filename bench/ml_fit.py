@@ -33,7 +33,7 @@ def _scoring_us(dim: int, n_classes: int, rows: int = 2000) -> dict:
     import torch
 
     from sparkdl.config import HeadConfig
-    from sparkdl.train.head import build_head
+    from sparkdl.model import build_head
 
     torch.set_num_threads(1)
     model = build_head(HeadConfig(), dim, n_classes, seed=1).eval()

@@ -31,7 +31,7 @@ def make_model(directory: Path, backbone: str, n_classes: int = 4) -> Path:
     from sparkdl.config import HeadConfig
     from sparkdl.featurize.backbones import check_backbone
     from sparkdl.featurize.carry import carry_backbone
-    from sparkdl.train.head import HeadSpec, build_head
+    from sparkdl.model import HeadSpec, build_head
 
     info = check_backbone(backbone)
     carried, file = carry_backbone(None, info, True, directory.parent)

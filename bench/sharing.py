@@ -25,7 +25,7 @@ import numpy as np
 
 
 def codec_throughput(length: int, densities: list[float], repeats: int) -> list[dict]:
-    from sparkdl.train.sharing import codec
+    from sparkdl.train.exchange.sharing import codec
 
     rng = np.random.default_rng(0)
     grad = rng.standard_normal(length).astype(np.float32)
@@ -54,15 +54,16 @@ def codec_throughput(length: int, densities: list[float], repeats: int) -> list[
 def train_run(spark, path, n_classes, dim, args, seed, master, frequency=1) -> dict:
     from pyspark.sql import functions as F
 
-    from sparkdl.config import OptimizerConfig, SharingConfig, TrainConfig
+    from sparkdl.config import AveragingConfig, OptimizerConfig, RunConfig, SharingConfig, ThresholdConfig, TrainConfig
     from sparkdl.evaluate import evaluate_head
-    from sparkdl.train.head import HeadSpec, build_head
-    from sparkdl.train.master import build_master
+    from sparkdl.model import HeadSpec, build_head
+    from sparkdl.train.driver import build_master
 
-    cfg = TrainConfig(master=master, workers=args.workers, epochs=args.epochs, batch_size_per_worker=args.batch_size_per_worker,
-                      averaging_frequency=frequency, seed=seed,
-                      optimizer=OptimizerConfig(name="nesterov", lr=args.lr, momentum=args.momentum),
-                      sharing=SharingConfig(threshold=args.threshold))  # fmt: skip
+    algorithm = (AveragingConfig(frequency=frequency) if master == "averaging"
+                 else SharingConfig(threshold=ThresholdConfig.parse(args.threshold)))  # fmt: skip
+    cfg = TrainConfig(algorithm=algorithm, run=RunConfig(workers=args.workers), epochs=args.epochs,
+                      batch_size_per_worker=args.batch_size_per_worker, seed=seed,
+                      optimizer=OptimizerConfig(name="nesterov", lr=args.lr, momentum=args.momentum))  # fmt: skip
     df = spark.read.parquet(path)
     start = time.perf_counter()
     result = build_master(cfg).fit(df, build_head(cfg.head, dim, n_classes, seed=seed), n_classes)
@@ -70,7 +71,7 @@ def train_run(spark, path, n_classes, dim, args, seed, master, frequency=1) -> d
     spec = HeadSpec.from_module(cfg.head, dim, n_classes, result.head)
     acc = evaluate_head(df.filter(F.col("split") == "test"), spec, n_classes).accuracy
     params = sum(v.size for v in result.final_params.values())
-    steps = len(result.history) * math.ceil(math.ceil(result.history[0]["examples"] / args.workers) / args.batch_size_per_worker)
+    steps = len(result.history) * math.ceil(math.ceil(result.history[0].examples / args.workers) / args.batch_size_per_worker)
     return {"seed": seed, "seconds": round(wall, 3), "test_accuracy": round(acc, 4), "parameters": int(params),
             "steps": steps, "dense_gradient_bytes": steps * args.workers * params * 4,
             "transport_bytes": result.stats.get("bytes_between_workers"),

@@ -78,15 +78,15 @@ def single_process(splits, n_classes, args) -> dict:
 def sparkdl_averaging(spark, path, n_classes, args) -> dict:
     from pyspark.sql import functions as F
 
-    from sparkdl.config import OptimizerConfig, TrainConfig
+    from sparkdl.config import AveragingConfig, OptimizerConfig, RunConfig, TrainConfig
     from sparkdl.evaluate import evaluate_head
-    from sparkdl.train.head import HeadSpec, build_head
-    from sparkdl.train.master import build_master
+    from sparkdl.model import HeadSpec, build_head
+    from sparkdl.train.driver import build_master
 
-    cfg = TrainConfig(workers=args.workers, epochs=args.epochs, batch_size_per_worker=args.batch_size_per_worker,
-                      averaging_frequency=args.averaging_frequency,
-                      optimizer=OptimizerConfig(name="nesterov", lr=args.lr, momentum=args.momentum), seed=args.seed,
-                      execution=args.execution)  # fmt: skip
+    cfg = TrainConfig(run=RunConfig(workers=args.workers, execution=args.execution), epochs=args.epochs,
+                      batch_size_per_worker=args.batch_size_per_worker,
+                      algorithm=AveragingConfig(frequency=args.averaging_frequency),
+                      optimizer=OptimizerConfig(name="nesterov", lr=args.lr, momentum=args.momentum), seed=args.seed)  # fmt: skip
     start = time.perf_counter()
     df = spark.read.parquet(path)
     dim = int(df.select(F.size("features")).first()[0])

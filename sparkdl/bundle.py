@@ -22,7 +22,7 @@ import numpy as np
 
 from sparkdl.config import HEAD_KINDS, HeadConfig
 from sparkdl.errors import ConfigError, DataError
-from sparkdl.train.head import HEAD_DTYPE, HeadSpec, TensorInfo, check_head_tensors, head_shapes
+from sparkdl.model import HEAD_DTYPE, HeadSpec, TensorInfo, check_head_tensors, head_shapes
 
 BUNDLE_FORMAT = "sparkdl.model/1"
 

@@ -4,9 +4,11 @@ Library code takes these objects; only ``cli.py`` and ``jobs/`` read argv or the
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
+from typing import ClassVar, Mapping, Union
 
 from sparkdl.errors import ConfigError
 
@@ -33,6 +35,15 @@ def _check_optional_positive(name: str, value: int | None) -> None:
 
 def _check_uri(name: str, value: str) -> None:
     _require(isinstance(value, str) and value.strip() != "", f"{name} must be a non-empty path or Hadoop URI")
+
+
+def to_json(obj) -> object:
+    """A config dataclass (and what it nests) as JSON-able data, from its fields: tuples become lists."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_json(v) for v in obj]
+    return obj
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,7 @@ class HeadConfig:
         return cls(kind=kind, hidden=hidden, dropout=dropout)
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "hidden": list(self.hidden), "dropout": self.dropout}
+        return to_json(self)
 
 
 @dataclass(frozen=True)
@@ -179,13 +190,15 @@ class OptimizerConfig:
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def to_json(self) -> dict:
-        return {"name": self.name, "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
+        return to_json(self)
 
 
 MASTERS = ("averaging", "sharing")
 TRANSPORTS = ("grpc", "inproc", "aeron")
 SPARK_TRANSPORTS = tuple(t for t in TRANSPORTS if t != "inproc")  # what Spark tasks can use (inproc: LocalLauncher)
 EXECUTIONS = ("barrier", "rounds")
+THRESHOLDS = ("adaptive", "fixed", "target-sparsity")
+THRESHOLD_FORMS = "adaptive[:T0], fixed:T or target-sparsity:S"
 
 
 @dataclass(frozen=True)
@@ -211,27 +224,96 @@ class TransportConfig:
                      f"{name} must be a positive number of seconds, got {value!r}")  # fmt: skip
 
     def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "max_message_bytes": self.max_message_bytes,
-            "connect_timeout_s": self.connect_timeout_s,
-            "receive_timeout_s": self.receive_timeout_s,
-        }
+        return to_json(self)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a fit runs, whatever the algorithm: how many workers, how they are launched and talk, the tree they sum
+    over, checkpoints and attempts. ``rounds`` (one Spark job per averaging round) is the averaging algorithm's."""
+
+    workers: int = 2
+    execution: str = "barrier"  # the whole fit in one barrier stage, or (averaging) one Spark job per round
+    transport: TransportConfig = TransportConfig()
+    tree_fanout: int = 8  # children per worker in the tree the workers sum (and share updates) over
+    aggregation_depth: int = 2  # treeReduce depth of the rounds execution
+
+    def __post_init__(self) -> None:
+        _require(self.execution in EXECUTIONS, f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
+        for name in ("workers", "tree_fanout", "aggregation_depth"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+
+    def to_json(self) -> dict:
+        return to_json(self)
+
+
+@dataclass(frozen=True)
+class AveragingConfig:
+    """Parameter averaging (DL4J ParameterAveragingTrainingMaster): every ``frequency`` minibatches the workers'
+    parameters (and, with ``average_updater_state``, optimizer state) are averaged."""
+
+    name: ClassVar[str] = "averaging"
+    frequency: int = 5
+    average_updater_state: bool = True
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.frequency, int) and self.frequency > 0,
+                 f"averaging frequency must be a positive integer, got {self.frequency!r}")  # fmt: skip
+        _require(isinstance(self.average_updater_state, bool), "average_updater_state must be True or False")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, **to_json(self)}
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """How each sharing worker picks its threshold tau (``train/exchange/sharing/threshold.py``): ``adaptive``
+    (``value``: the starting tau, default 1e-4), ``fixed`` (``value``: tau, required) or ``target-sparsity``
+    (``value``: the fraction of entries to send, default 1e-3)."""
+
+    kind: str = "adaptive"
+    value: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.kind in THRESHOLDS, f"threshold must be {THRESHOLD_FORMS}, got kind {self.kind!r}")
+        v = self.value
+        _require(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0),
+                 f"threshold {self.kind}: the value must be a positive number, got {v!r}")  # fmt: skip
+        _require(self.kind != "fixed" or v is not None, "fixed threshold needs a value, e.g. fixed:1e-3")
+        _require(self.kind != "target-sparsity" or v is None or v < 1,
+                 f"target sparsity must be in (0, 1), got {v!r}")  # fmt: skip
+
+    @classmethod
+    def parse(cls, spec: str) -> "ThresholdConfig":
+        """``adaptive``, ``adaptive:1e-4``, ``fixed:1e-3`` or ``target-sparsity:1e-3``."""
+        kind, _, value = spec.strip().partition(":")
+        _require(kind in THRESHOLDS, f"threshold must be {THRESHOLD_FORMS}, got {spec!r}")
+        try:
+            number = float(value) if value else None
+        except ValueError:
+            raise ConfigError(f"threshold {spec!r}: {value!r} is not a number") from None
+        return cls(kind, number)
+
+    @property
+    def spec(self) -> str:
+        """The option's text: ``adaptive``, ``fixed:0.001``."""
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
 
 
 @dataclass(frozen=True)
 class SharingConfig:
-    """The gradient-sharing master's knobs (``--master sharing``; Strom 2015 / DL4J SharedTrainingMaster)."""
+    """The gradient-sharing algorithm's knobs (``--master sharing``; Strom 2015 / DL4J SharedTrainingMaster)."""
 
-    threshold: str = "adaptive"  # adaptive[:T0] | fixed:T | target-sparsity:S
+    name: ClassVar[str] = "sharing"
+    threshold: ThresholdConfig = ThresholdConfig()
     residual_clip_k: float = 5.0  # clip the residual to +-k x tau ...
     residual_clip_every: int = 5  # ... every n steps (0: never)
     staleness: int = 0  # 0: synchronous, deterministic; k > 0: run up to k steps ahead of the oldest missing update
 
     def __post_init__(self) -> None:
-        from sparkdl.train.sharing.threshold import parse_threshold
-
-        parse_threshold(self.threshold)  # raises ConfigError naming the accepted forms
+        _require(isinstance(self.threshold, ThresholdConfig),
+                 f"threshold must be a ThresholdConfig (ThresholdConfig.parse('{THRESHOLDS[0]}')), got {self.threshold!r}")  # fmt: skip
         _require(isinstance(self.residual_clip_k, (int, float)) and self.residual_clip_k > 0,
                  f"residual clip k must be > 0, got {self.residual_clip_k!r}")  # fmt: skip
         _require(isinstance(self.residual_clip_every, int) and self.residual_clip_every >= 0,
@@ -248,105 +330,123 @@ class SharingConfig:
             raise ConfigError(f"residual clip must be k:n (e.g. 5:5), got {spec!r}") from None
 
     def to_json(self) -> dict:
-        return {"threshold": self.threshold, "residual_clip_k": self.residual_clip_k,
-                "residual_clip_every": self.residual_clip_every, "staleness": self.staleness}  # fmt: skip
+        return {"name": self.name, **to_json(self)}
+
+
+Algorithm = Union[AveragingConfig, SharingConfig]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train a head on a features table (``split = train``; the best epoch by ``valid`` accuracy is kept)."""
+    """How to train a head on a features table (``split = train``; the best epoch by ``valid`` accuracy is kept):
+    the model and optimizer, the ``algorithm`` (``AveragingConfig`` or ``SharingConfig``) and the ``run``."""
 
-    master: str = "averaging"
-    workers: int = 2
+    algorithm: Algorithm = AveragingConfig()
+    run: RunConfig = RunConfig()
     epochs: int = 10
     batch_size_per_worker: int = 16
-    averaging_frequency: int = 5
-    aggregation_depth: int = 2
-    average_updater_state: bool = True
     head: HeadConfig = HeadConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     seed: int = 42
     early_stopping_patience: int | None = None
     score_every: int = 0  # report the loss every N rounds (0: one line per epoch only)
-    execution: str = "barrier"  # averaging: the whole fit in one barrier stage, or one Spark job per round
-    tree_fanout: int = 8  # children per worker in the tree the workers sum (and share updates) over
-    transport: TransportConfig = TransportConfig()
-    sharing: SharingConfig = SharingConfig()
 
     def __post_init__(self) -> None:
-        _require(self.master in MASTERS, f"master must be one of {MASTERS}, got {self.master!r}")
-        _require(self.execution in EXECUTIONS, f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
-        _require(isinstance(self.tree_fanout, int) and self.tree_fanout >= 1, f"tree_fanout must be >= 1, got {self.tree_fanout!r}")
+        _require(isinstance(self.algorithm, (AveragingConfig, SharingConfig)),
+                 f"algorithm must be an AveragingConfig or a SharingConfig, got {type(self.algorithm).__name__}")  # fmt: skip
+        _require(isinstance(self.run, RunConfig), f"run must be a RunConfig, got {type(self.run).__name__}")
+        _require(self.run.execution == "barrier" or self.master == "averaging",
+                 "--execution rounds is parameter averaging's (one Spark job per averaging round): sharing runs in "
+                 "one barrier stage, use --execution barrier")  # fmt: skip
         _require(isinstance(self.score_every, int) and self.score_every >= 0, f"score_every must be >= 0, got {self.score_every!r}")
-        for name in ("workers", "epochs", "batch_size_per_worker", "averaging_frequency", "aggregation_depth"):
+        for name in ("epochs", "batch_size_per_worker"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        _require(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
         _check_optional_positive("early_stopping_patience", self.early_stopping_patience)
 
     @property
-    def rows_per_round(self) -> int:
-        """Rows all workers fit between two averagings."""
-        return self.workers * self.worker_rows_per_round
+    def master(self) -> str:
+        """``averaging`` or ``sharing``: the algorithm's name."""
+        return self.algorithm.name
 
     @property
-    def worker_rows_per_round(self) -> int:
-        """Rows one worker fits between two averagings."""
-        return self.batch_size_per_worker * self.averaging_frequency
+    def rows_per_step(self) -> int:
+        """Rows one worker fits per step: an averaging round (``frequency`` minibatches) or a sharing step (one)."""
+        if isinstance(self.algorithm, AveragingConfig):
+            return self.batch_size_per_worker * self.algorithm.frequency
+        return self.batch_size_per_worker
 
     def to_json(self) -> dict:
+        return {"master": self.master, **to_json(self), "algorithm": self.algorithm.to_json()}
+
+    def options(self) -> dict[str, object]:
+        """This config as the training options, by Spark ML Param name (``sparkdl.ml.train_params``; the CLI's
+        ``--kebab-case`` options): ``head`` as a spec, ``threshold`` and ``residualClip`` as the options' text,
+        ``earlyStoppingPatience`` 0 for "off". The inverse of :meth:`from_options`."""
+        a = self.algorithm
+        avg = a if isinstance(a, AveragingConfig) else AveragingConfig()
+        sh = a if isinstance(a, SharingConfig) else SharingConfig()
         return {
             "master": self.master,
-            "workers": self.workers,
+            "workers": self.run.workers,
             "epochs": self.epochs,
-            "batch_size_per_worker": self.batch_size_per_worker,
-            "averaging_frequency": self.averaging_frequency,
-            "aggregation_depth": self.aggregation_depth,
-            "average_updater_state": self.average_updater_state,
-            "head": self.head.to_json(),
-            "optimizer": self.optimizer.to_json(),
+            "batchSizePerWorker": self.batch_size_per_worker,
+            "averagingFrequency": avg.frequency,
+            "execution": self.run.execution,
+            "aggregationDepth": self.run.aggregation_depth,
+            "treeFanout": self.run.tree_fanout,
+            "transport": self.run.transport.name,
+            "threshold": sh.threshold.spec,
+            "residualClip": f"{sh.residual_clip_k:g}:{sh.residual_clip_every}",
+            "staleness": sh.staleness,
+            "head": self.head.kind + (":" + ",".join(str(h) for h in self.head.hidden) if self.head.hidden else ""),
+            "dropout": self.head.dropout,
+            "optimizer": self.optimizer.name,
+            "lr": self.optimizer.lr,
+            "momentum": self.optimizer.momentum,
+            "weightDecay": self.optimizer.weight_decay,
+            "averageUpdaterState": avg.average_updater_state,
+            "earlyStoppingPatience": self.early_stopping_patience or 0,
             "seed": self.seed,
-            "early_stopping_patience": self.early_stopping_patience,
-            "execution": self.execution,
-            "tree_fanout": self.tree_fanout,
-            "transport": self.transport.to_json(),
-            **({"sharing": self.sharing.to_json()} if self.master == "sharing" else {}),
+            "scoreEvery": self.score_every,
         }
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, object]) -> "TrainConfig":
+        """The config the training options describe (missing ones take their defaults): what ``sparkdl train`` and
+        the Spark ML stages build, one mapping for both. Momentum is not used by ``adam`` (set to 0)."""
+        o = {**training_defaults(), **options}
+        if o["master"] == "averaging":
+            algorithm: Algorithm = AveragingConfig(frequency=o["averagingFrequency"],
+                                                   average_updater_state=o["averageUpdaterState"])  # fmt: skip
+        elif o["master"] == "sharing":
+            k, every = SharingConfig.parse_clip(str(o["residualClip"]))
+            algorithm = SharingConfig(threshold=ThresholdConfig.parse(str(o["threshold"])), residual_clip_k=k,
+                                      residual_clip_every=every, staleness=o["staleness"])  # fmt: skip
+        else:
+            raise ConfigError(f"master must be one of {MASTERS}, got {o['master']!r}")
+        return cls(
+            algorithm=algorithm,
+            run=RunConfig(workers=o["workers"], execution=o["execution"], transport=TransportConfig(name=o["transport"]),
+                          tree_fanout=o["treeFanout"], aggregation_depth=o["aggregationDepth"]),  # fmt: skip
+            epochs=o["epochs"],
+            batch_size_per_worker=o["batchSizePerWorker"],
+            head=HeadConfig.parse(str(o["head"]), dropout=o["dropout"]),
+            optimizer=OptimizerConfig(name=o["optimizer"], lr=o["lr"],
+                                      momentum=o["momentum"] if o["optimizer"] != "adam" else 0.0,
+                                      weight_decay=o["weightDecay"]),  # fmt: skip
+            seed=o["seed"],
+            early_stopping_patience=o["earlyStoppingPatience"] or None,
+            score_every=o["scoreEvery"],
+        )
 
 
 def training_defaults() -> dict[str, object]:
     """Every training option's default, by its Spark ML Param name (``sparkdl.ml.train_params.HasTrainingParams``; the
-    CLI's ``--kebab-case`` training options take theirs from here too).
-
-    Derived from the field defaults of :class:`TrainConfig` and the configs it nests, the one place they are
-    stated. Written the way the options take them: ``head`` as a spec (``softmax``, ``mlp:512,256``),
-    ``residualClip`` as ``k:n``, and ``earlyStoppingPatience`` 0 for "off" (``None`` in ``TrainConfig``).
-    """
-    t = TrainConfig()
-    head, opt, sharing = t.head, t.optimizer, t.sharing
-    return {
-        "master": t.master,
-        "workers": t.workers,
-        "epochs": t.epochs,
-        "batchSizePerWorker": t.batch_size_per_worker,
-        "averagingFrequency": t.averaging_frequency,
-        "execution": t.execution,
-        "aggregationDepth": t.aggregation_depth,
-        "treeFanout": t.tree_fanout,
-        "transport": t.transport.name,
-        "threshold": sharing.threshold,
-        "residualClip": f"{sharing.residual_clip_k:g}:{sharing.residual_clip_every}",
-        "staleness": sharing.staleness,
-        "head": head.kind + (":" + ",".join(str(h) for h in head.hidden) if head.hidden else ""),
-        "dropout": head.dropout,
-        "optimizer": opt.name,
-        "lr": opt.lr,
-        "momentum": opt.momentum,
-        "weightDecay": opt.weight_decay,
-        "averageUpdaterState": t.average_updater_state,
-        "earlyStoppingPatience": t.early_stopping_patience or 0,
-        "seed": t.seed,
-        "scoreEvery": t.score_every,
-    }
+    CLI's ``--kebab-case`` training options take theirs from here too): ``TrainConfig().options()``, i.e. the field
+    defaults of the config dataclasses, the one place they are stated."""
+    return TrainConfig().options()
 
 
 _TRIGGER_RE = re.compile(r"^\d+(\.\d+)?\s*(ms|s|sec|seconds|m|min|minutes)$")

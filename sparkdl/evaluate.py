@@ -97,7 +97,7 @@ def _evaluate_partition(batches, *, head_bc, n_classes, features_col, label_col)
     import pyarrow as pa
     import torch
 
-    from sparkdl.train.local import predict_logits
+    from sparkdl.model import predict_logits
 
     torch.set_num_threads(1)
     model = head_bc.value.build()

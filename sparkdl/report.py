@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from sparkdl.bundle import ModelBundle
+from sparkdl.train.events import EpochEvent, Event, RoundEvent, events_from_json
 
 
 def _plt():
@@ -23,25 +24,25 @@ def _save(plt, fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_loss(events: list[dict], path: Path) -> None:
+def plot_loss(events: list[Event], path: Path) -> None:
     plt = _plt()
-    rounds = [e for e in events if e.get("type") == "round"]
+    rounds = [e for e in events if isinstance(e, RoundEvent)]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([e["iteration"] for e in rounds], [e["loss"] for e in rounds], lw=1)
+    ax.plot([e.iteration for e in rounds], [e.loss for e in rounds], lw=1)
     ax.set(xlabel="iteration (averaging round / sharing step)", ylabel="training loss (cross-entropy)", title="Loss per iteration")
     ax.grid(alpha=0.3)
     _save(plt, fig, path)
 
 
-def plot_accuracy(events: list[dict], path: Path) -> None:
+def plot_accuracy(events: list[Event], path: Path) -> None:
     plt = _plt()
-    epochs = [e for e in events if e.get("type") == "epoch"]
+    epochs = [e for e in events if isinstance(e, EpochEvent)]
     fig, ax = plt.subplots(figsize=(7, 4))
-    x = [e["epoch"] + 1 for e in epochs]
-    ax.plot(x, [e["train_loss"] for e in epochs], marker="o", label="train loss")
-    if any(e.get("valid_accuracy") is not None for e in epochs):
+    x = [e.epoch + 1 for e in epochs]
+    ax.plot(x, [e.train_loss for e in epochs], marker="o", label="train loss")
+    if any(e.valid_accuracy is not None for e in epochs):
         ax2 = ax.twinx()
-        ax2.plot(x, [e.get("valid_accuracy") for e in epochs], marker="s", color="tab:green", label="valid accuracy")
+        ax2.plot(x, [e.valid_accuracy for e in epochs], marker="s", color="tab:green", label="valid accuracy")
         ax2.set_ylabel("valid accuracy")
         ax2.legend(loc="lower right")
     ax.set(xlabel="epoch", ylabel="train loss", title="Per epoch")
@@ -50,15 +51,15 @@ def plot_accuracy(events: list[dict], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def plot_phases(events: list[dict], path: Path) -> None:
+def plot_phases(events: list[Event], path: Path) -> None:
     plt = _plt()
-    rounds = [e for e in events if e.get("type") == "round" and e.get("phases")]
-    phases = sorted({p for e in rounds for p in e["phases"]})
+    rounds = [e for e in events if isinstance(e, RoundEvent) and e.phases]
+    phases = sorted({p for e in rounds for p in e.phases})
     fig, ax = plt.subplots(figsize=(7, 4))
     bottom = [0.0] * len(rounds)
-    x = [e["iteration"] for e in rounds]
+    x = [e.iteration for e in rounds]
     for phase in phases:
-        values = [e["phases"].get(phase, 0.0) for e in rounds]
+        values = [e.phases.get(phase, 0.0) for e in rounds]
         ax.bar(x, values, bottom=bottom, label=phase, width=1.0)
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set(xlabel="iteration", ylabel="seconds", title="Phase timings per round")
@@ -66,18 +67,18 @@ def plot_phases(events: list[dict], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def plot_sharing(events: list[dict], path: Path) -> None:
+def plot_sharing(events: list[Event], path: Path) -> None:
     """Gradient sharing: the threshold, the fraction of entries sent and the message size per step (rank 0)."""
     plt = _plt()
-    steps = [e for e in events if e.get("type") == "round" and "tau" in e]
-    x = [e["iteration"] for e in steps]
+    steps = [e for e in events if isinstance(e, RoundEvent) and e.tau is not None]
+    x = [e.iteration for e in steps]
     fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
-    axes[0].semilogy(x, [e["tau"] for e in steps], lw=1)
+    axes[0].semilogy(x, [e.tau for e in steps], lw=1)
     axes[0].set(ylabel="threshold tau", title="Gradient sharing (rank 0)")
-    axes[1].semilogy(x, [max(e["sent_fraction"], 1e-9) for e in steps], lw=1, color="tab:orange")
+    axes[1].semilogy(x, [max(e.sent_fraction or 0.0, 1e-9) for e in steps], lw=1, color="tab:orange")
     axes[1].set(ylabel="fraction sent")
-    axes[2].plot(x, [e["message_bytes"] for e in steps], lw=1, color="tab:green", label="message bytes")
-    axes[2].plot(x, [e["residual_norm"] for e in steps], lw=1, color="tab:red", label="residual norm")
+    axes[2].plot(x, [e.message_bytes for e in steps], lw=1, color="tab:green", label="message bytes")
+    axes[2].plot(x, [e.residual_norm for e in steps], lw=1, color="tab:red", label="residual norm")
     axes[2].set(xlabel="step", yscale="log")
     axes[2].legend()
     for ax in axes:
@@ -110,13 +111,14 @@ def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     out = Path(out_dir) if out_dir else Path(model_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     figures = []
-    if bundle.events:
-        plot_loss(bundle.events, out / "loss.png")
-        plot_accuracy(bundle.events, out / "epochs.png")
-        plot_phases(bundle.events, out / "phases.png")
+    events = events_from_json(bundle.events)
+    if events:
+        plot_loss(events, out / "loss.png")
+        plot_accuracy(events, out / "epochs.png")
+        plot_phases(events, out / "phases.png")
         figures += [("Training loss", "loss.png"), ("Per epoch", "epochs.png"), ("Phase timings", "phases.png")]
-        if any("tau" in e for e in bundle.events):
-            plot_sharing(bundle.events, out / "sharing.png")
+        if any(isinstance(e, RoundEvent) and e.tau is not None for e in events):
+            plot_sharing(events, out / "sharing.png")
             figures.append(("Gradient sharing", "sharing.png"))
     split = next((s for s in ("test", "valid", "train") if s in bundle.metrics), None)
     if split:

@@ -109,7 +109,7 @@ def make_bundle(directory: Path, backbone: str = "tiny", labels=("ak47", "americ
     from sparkdl.config import HeadConfig
     from sparkdl.featurize.backbones import check_backbone
     from sparkdl.featurize.carry import carry_backbone
-    from sparkdl.train.head import HeadSpec, build_head
+    from sparkdl.model import HeadSpec, build_head
 
     from sparkdl.featurize.weights import file_digest
 

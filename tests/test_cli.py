@@ -154,7 +154,7 @@ def test_train_with_the_sharing_master(spark, tmp_path):
     assert metrics["ranks_identical"] is True and metrics["compression_ratio"] > 1
     assert {"bytes_sent", "bytes_received", "encode_seconds", "tau_per_epoch"} <= set(metrics["workers"][0])
     training = json.loads((model / "config.json").read_text())["training"]
-    assert training["master"] == "sharing" and training["sharing"]["threshold"] == "target-sparsity:0.1"
+    assert training["master"] == "sharing" and training["algorithm"]["threshold"] == {"kind": "target-sparsity", "value": 0.1}
     rep = run("report", "--model", str(model), "--json")
     assert rep.returncode == 0, rep.stderr
     assert "sharing.png" in json.loads(rep.stdout)["files"]

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
-from sparkdl.config import (
-    EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, HeadConfig, OptimizerConfig, SessionConfig, SharingConfig, TrainConfig,
-    TransportConfig, training_defaults,
-)
+from sparkdl.config import EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, SessionConfig, TrainConfig, training_defaults
 
 
 class Progress:
@@ -158,29 +156,13 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int | None = None) -> Non
 
 
 def train_config(args) -> TrainConfig:
-    return TrainConfig(
-        master=args.training_master,
-        workers=args.workers,
-        epochs=args.epochs,
-        batch_size_per_worker=args.batch_size_per_worker,
-        averaging_frequency=args.averaging_frequency,
-        aggregation_depth=args.aggregation_depth,
-        average_updater_state=args.average_updater_state,
-        head=HeadConfig.parse(args.head, dropout=args.dropout),
-        optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr, momentum=args.momentum if args.optimizer != "adam" else 0.0),
-        seed=args.seed,
-        early_stopping_patience=args.early_stopping_patience,
-        score_every=args.score_every,
-        execution=args.execution,
-        tree_fanout=args.tree_fanout,
-        transport=TransportConfig(name=args.transport),
-        sharing=_sharing_config(args),
-    )
-
-
-def _sharing_config(args) -> SharingConfig:
-    k, every = SharingConfig.parse_clip(args.residual_clip)
-    return SharingConfig(threshold=args.threshold, residual_clip_k=k, residual_clip_every=every, staleness=args.staleness)
+    """The TrainConfig the training options describe (``TrainConfig.from_options``, as the Spark ML Params do)."""
+    options = {}
+    for name in training_defaults():
+        dest = "training_master" if name == "master" else re.sub(r"([A-Z])", r"_\1", name).lower()
+        if hasattr(args, dest):
+            options[name] = getattr(args, dest)
+    return TrainConfig.from_options(options)
 
 
 def session(args):

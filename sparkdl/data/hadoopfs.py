@@ -244,6 +244,20 @@ def copy_to_local(spark, uri: str, dest: str | os.PathLike) -> Path:
     return dest
 
 
+def put_file(spark, local: str | os.PathLike, uri: str) -> None:
+    """Copy one local file to ``uri`` (replaced if it exists)."""
+    fs, path = _fs_path(spark, uri)
+    jvm = spark.sparkContext._jvm
+    with _hadoop(spark, uri, "writing"):
+        fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(Path(local).resolve().as_uri()), path)
+
+
+def read_file(spark, uri: str) -> bytes:
+    """A file's bytes, through a local temporary copy (no bulk bytes over py4j)."""
+    with tempfile.TemporaryDirectory(prefix="sparkdl-read-") as tmp:
+        return copy_to_local(spark, uri, Path(tmp) / "file").read_bytes()
+
+
 def put_dir(spark, local_dir: str | os.PathLike, uri: str, overwrite: bool) -> None:
     """Copy a local directory to ``uri`` so that it appears complete or not at all: it is written under
     ``<uri>.partial`` and renamed (atomic on HDFS; a copy-then-delete on object stores)."""

@@ -21,7 +21,7 @@ from sparkdl.data import hadoopfs
 from sparkdl.data.decode import ImageDecodeError, decode_image
 from sparkdl.errors import DataError
 from sparkdl.featurize.carry import ResolvedBackbone, resolve_backbone, scratch_dir
-from sparkdl.train.head import HeadSpec
+from sparkdl.model import HeadSpec
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 
 from sparkdl import errors
-from sparkdl.train.collective import Mailbox, tree_allreduce
+from sparkdl.collective.allreduce import Collective
+from sparkdl.collective.mailbox import Mailbox
 from sparkdl.transport.base import Transport
 
 R = TypeVar("R")
@@ -25,19 +26,18 @@ class WorkerContext:
     timeout_s: float  # how long to wait for a peer's message before failing
     cpus: int = 1  # cores this worker may use (torch threads)
     report: Callable[[dict], None] = _no_report  # a JSON-able event to the caller's listeners, live
-    mailbox: Mailbox = field(init=False)
-    _barriers: int = field(default=0, init=False)
+    comm: Collective = field(init=False)  # this rank's collective operations (allreduce, barrier, gather)
 
     def __post_init__(self) -> None:
-        self.mailbox = Mailbox(self.transport, self.timeout_s)
+        self.comm = Collective(Mailbox(self.transport, self.timeout_s))
+
+    @property
+    def mailbox(self) -> Mailbox:
+        return self.comm.mailbox
 
     def barrier(self) -> None:
-        """Every rank waits here until all have arrived: an allreduce of nothing over the tree. (Spark's
-        ``BarrierTaskContext.barrier()`` polls once a second; this takes well under a millisecond.)"""
-        import numpy as np
-
-        self._barriers += 1
-        tree_allreduce(self.mailbox, -self._barriers, [np.zeros(1)], 8)
+        """Every rank waits here until all have arrived (``Collective.barrier``)."""
+        self.comm.barrier()
 
 
 WorkerFn = Callable[[WorkerContext, Iterator], R]

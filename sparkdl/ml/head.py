@@ -32,7 +32,7 @@ from sparkdl.ml.persist import BundlePersistence, is_spark_ml_save
 from sparkdl.ml.train_params import HasTrainingParams
 from sparkdl.params import column_name, one_of, param, with_accessors
 from sparkdl.session import is_connect
-from sparkdl.train.head import HeadSpec
+from sparkdl.model import HeadSpec
 
 HANDLE_INVALID = ("keep", "skip", "error")
 SCORE_TYPE = "struct<raw:array<double>,prob:array<double>,pred:double,err:string>"
@@ -70,8 +70,8 @@ class HeadClassifier(Estimator, _HeadColumns, HasLabelCol, HasTrainingParams, De
         from pyspark.sql import functions as F
 
         from sparkdl.session import job_description
-        from sparkdl.train.head import build_head
-        from sparkdl.train.master import build_master
+        from sparkdl.model import build_head
+        from sparkdl.train.driver import build_master
 
         if is_connect(dataset):
             raise ConfigError(
@@ -90,7 +90,7 @@ class HeadClassifier(Estimator, _HeadColumns, HasLabelCol, HasTrainingParams, De
                                 (F.col("split") if has_split else F.lit("train")).alias("split"))  # fmt: skip
             # the master validates and deals rows per input partition: many small ones (an orderBy gives up to
             # spark.sql.shuffle.partitions) cost a Python task each, so merge them first (measured: 108 -> 4)
-            target = max(cfg.workers, spark.sparkContext.defaultParallelism)
+            target = max(cfg.run.workers, spark.sparkContext.defaultParallelism)
             if df.rdd.getNumPartitions() > target:
                 df = df.coalesce(target)
             # the input is read once (it may be a featurizer's uncached output: a backbone pass per read), pinned

@@ -32,10 +32,9 @@ from sparkdl.config import (
     OPTIMIZERS,
     SPARK_TRANSPORTS,
     HeadConfig,
-    OptimizerConfig,
     SharingConfig,
+    ThresholdConfig,
     TrainConfig,
-    TransportConfig,
     training_defaults,
 )
 from sparkdl.params import boolean, checked_string, float_in, int_at_least, one_of, param
@@ -46,6 +45,10 @@ __all__ = ["HasTrainingParams", "training_defaults", "TRAINING_PARAM_NAMES"]
 def _check_clip(spec: str) -> None:
     k, every = SharingConfig.parse_clip(spec)
     SharingConfig(residual_clip_k=k, residual_clip_every=every)  # its range checks
+
+
+def _check_threshold(spec: str) -> None:
+    ThresholdConfig.parse(spec)
 
 
 class HasTrainingParams(HasSeed):
@@ -66,7 +69,7 @@ class HasTrainingParams(HasSeed):
     transport = param("transport", f"how barrier workers talk: {' or '.join(SPARK_TRANSPORTS)}",
                       one_of("transport", SPARK_TRANSPORTS))  # fmt: skip
     threshold = param("threshold", "sharing: adaptive[:T0], fixed:T or target-sparsity:S",
-                      checked_string("threshold", lambda s: SharingConfig(threshold=s),
+                      checked_string("threshold", _check_threshold,
                                      "adaptive[:T0], fixed:T or target-sparsity:S"))  # fmt: skip
     residualClip = param("residualClip", "sharing: clip the residual to +-k x tau every n steps, k:n (k:0 never)",
                          checked_string("residualClip", _check_clip, "k:n, e.g. 5:5"))  # fmt: skip
@@ -102,37 +105,7 @@ class HasTrainingParams(HasSeed):
     def trainConfig(self) -> TrainConfig:
         """The TrainConfig these Params describe: what ``sparkdl train`` builds from the same options
         (``sparkdl.cli.options.train_config``; cross-Param rules, e.g. nesterov needs momentum > 0, are checked here)."""
-        g = self.getOrDefault
-        optimizer = g(self.optimizer)
-        clip_k, clip_every = SharingConfig.parse_clip(g(self.residualClip))
-        return TrainConfig(
-            master=g(self.master),
-            workers=g(self.workers),
-            epochs=g(self.epochs),
-            batch_size_per_worker=g(self.batchSizePerWorker),
-            averaging_frequency=g(self.averagingFrequency),
-            aggregation_depth=g(self.aggregationDepth),
-            average_updater_state=g(self.averageUpdaterState),
-            head=HeadConfig.parse(g(self.head), dropout=g(self.dropout)),
-            optimizer=OptimizerConfig(
-                name=optimizer,
-                lr=g(self.lr),
-                momentum=g(self.momentum) if optimizer != "adam" else 0.0,
-                weight_decay=g(self.weightDecay),
-            ),
-            seed=g(self.seed),
-            early_stopping_patience=g(self.earlyStoppingPatience) or None,
-            score_every=g(self.scoreEvery),
-            execution=g(self.execution),
-            tree_fanout=g(self.treeFanout),
-            transport=TransportConfig(name=g(self.transport)),
-            sharing=SharingConfig(
-                threshold=g(self.threshold),
-                residual_clip_k=clip_k,
-                residual_clip_every=clip_every,
-                staleness=g(self.staleness),
-            ),
-        )
+        return TrainConfig.from_options({name: self.getOrDefault(name) for name in training_defaults()})
 
 
 # every Param the mixin declares (``seed`` included)

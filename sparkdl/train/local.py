@@ -1,6 +1,6 @@
 """The minibatch loop one worker runs on its rows, and the (de)flattening of model + optimizer state.
 
-No Spark, no networking: the masters call this on each worker (or in-process for references and tests).
+No Spark, no networking: the exchanges call this on each worker (or in-process for references and tests).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sparkdl.config import OptimizerConfig
+from sparkdl.model import writable
 
 
 def build_optimizer(config: OptimizerConfig, params) -> torch.optim.Optimizer:
@@ -56,12 +57,6 @@ def set_optimizer_state(optimizer: torch.optim.Optimizer, flat: dict[str, np.nda
     optimizer.load_state_dict(sd)
 
 
-def _writable(a: np.ndarray, dtype) -> np.ndarray:
-    """A contiguous array torch may wrap without a warning (buffers from Arrow/bytes are read-only)."""
-    a = np.ascontiguousarray(a, dtype=dtype)
-    return a if a.flags.writeable else a.copy()
-
-
 @dataclass
 class FitStats:
     loss_sum: float = 0.0  # sum over minibatches of (mean loss x minibatch size)
@@ -82,8 +77,8 @@ def fit_minibatches(
     start = time.perf_counter()
     model.train()
     loss_fn = nn.CrossEntropyLoss()
-    xt = torch.from_numpy(_writable(x, np.float32))
-    yt = torch.from_numpy(_writable(y, np.int64))
+    xt = torch.from_numpy(writable(x, np.float32))
+    yt = torch.from_numpy(writable(y, np.int64))
     for begin in range(0, len(xt), batch_size):
         xb, yb = xt[begin : begin + batch_size], yt[begin : begin + batch_size]
         optimizer.zero_grad(set_to_none=True)
@@ -95,10 +90,3 @@ def fit_minibatches(
         stats.minibatches += 1
     stats.seconds = time.perf_counter() - start
     return stats
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    model.eval()
-    xt = torch.from_numpy(_writable(x, np.float32))
-    return torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)] or [torch.zeros(0)]).numpy()

@@ -18,9 +18,9 @@ from sparkdl.evaluate import Metrics, evaluate_head
 from sparkdl.featurize.backbones import list_backbones
 from sparkdl.featurize.carry import carry_backbone
 from sparkdl.session import job_description
-from sparkdl.train.head import HeadSpec, build_head
+from sparkdl.model import HeadSpec, build_head
 from sparkdl.train.listeners import EventLog, ScoreListener, StatsCollector
-from sparkdl.train.master import build_master
+from sparkdl.train.driver import build_master
 
 Progress = Callable[[str], None]
 SPLITS = ("train", "valid", "test")
@@ -93,21 +93,24 @@ def train_head(
     overwrite: bool = False,
     progress: Progress | None = None,
     embed_backbone: bool = True,
+    launcher=None,
 ) -> TrainSummary:
     """Train a head on a features table and write a self-contained model bundle: the head, its labels, and the
     backbone the features were made with (a user's weights converted into ``backbone.safetensors``, or the embedded
-    package's sha256; ``embed_backbone=False`` stores the weights URI + sha256 instead). Its Spark jobs show
+    package's sha256; ``embed_backbone=False`` stores the weights URI + sha256 instead). ``launcher`` runs a barrier fit (default:
+    ``sparkdl.launch.build_launcher(config.run)``). Its Spark jobs show
     ``sparkdl train: ...`` in the Spark UI (job group ``sparkdl-train``): checking, the fit, scoring, writing."""
     scratch = Path(tempfile.mkdtemp(prefix="sparkdl-train-"))
     try:
         with job_description(spark, "train", f"{features_uri} -> {output_dir}"):
-            return _train_head(spark, features_uri, output_dir, config, overwrite, progress, embed_backbone, scratch)
+            return _train_head(spark, features_uri, output_dir, config, overwrite, progress, embed_backbone, scratch,
+                               launcher)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overwrite: bool, progress: Progress | None,
-                embed_backbone: bool, scratch: Path) -> TrainSummary:  # fmt: skip
+                embed_backbone: bool, scratch: Path, launcher) -> TrainSummary:  # fmt: skip
     say = progress or (lambda _msg: None)
     out = str(output_dir)
     with job_description(spark, "train", f"checking {features_uri}"):
@@ -128,12 +131,13 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
     head = build_head(config.head, dim, len(labels), seed=config.seed)
     events, stats = EventLog(), StatsCollector()
     say(
-        f"train: {config.master} master, {config.workers} workers, {config.epochs} epochs, head {config.head.kind}"
+        f"train: {config.master} master, {config.run.workers} workers, {config.epochs} epochs, head {config.head.kind}"
         f"{list(config.head.hidden) or ''} on {dim}-d features, {len(labels)} classes"
     )
     start = time.perf_counter()
     # the masters describe their own jobs (the fit, per round in the ``rounds`` execution)
-    result = build_master(config).fit(df, head, len(labels), listeners=[events, stats, ScoreListener(say, every=config.score_every)])
+    listeners = [events, stats, ScoreListener(say, every=config.score_every)]
+    result = build_master(config, launcher).fit(df, head, len(labels), listeners=listeners)
     spec = HeadSpec.from_module(config.head, dim, len(labels), result.head)
     say(f"train: best epoch {result.best_epoch + 1}; evaluating every split")
     with job_description(spark, "train", f"scoring every split of {features_uri}"):
@@ -155,7 +159,7 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
         # label_source "derived": the table had no meta.json, the mapping came from its (label_index, label) pairs
         training={**config.to_json(), "features": features_uri, "label_source": table.source, "warnings": warnings},
         metrics=metrics,
-        events=events.events,
+        events=events.to_json(),
         attachments=attachments,
     )
     with job_description(spark, "train", f"writing the model bundle to {out}"):

@@ -35,6 +35,7 @@ class Kind(enum.IntEnum):
     REDUCE = 2  # a partial sum travelling up the tree (allreduce)
     BROADCAST = 3  # a result travelling down the tree (allreduce)
     CONTROL = 4  # small protocol values (thresholds, stop flags)
+    GATHER = 5  # per-rank payloads travelling up the tree to rank 0 (checkpoints)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def test_the_script_runs_on_a_caltech_shaped_tar(tmp_path):
     assert ingest["rows_out"] == 30 and len(ingest["labels"]) == 3
     training = json.loads((work / "model" / "config.json").read_text())["training"]
     assert training["optimizer"] == {**training["optimizer"], "name": "nesterov", "momentum": 0.8, "lr": 0.01}
-    assert training["batch_size_per_worker"] == 32 and training["averaging_frequency"] == 5
+    assert training["batch_size_per_worker"] == 32 and training["algorithm"]["frequency"] == 5
 
 
 def test_the_script_explains_what_is_missing(tmp_path):

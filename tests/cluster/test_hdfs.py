@@ -97,7 +97,7 @@ def test_every_stage_reads_and_writes_hdfs(cluster, hdfs, tmp_path):
 
 
 def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, ingested, tmp_path):
-    from sparkdl.config import FeaturizeConfig, IngestConfig, TrainConfig
+    from sparkdl.config import FeaturizeConfig, IngestConfig, RunConfig, TrainConfig
     from sparkdl.data.images import ingest_images
     from sparkdl.data.webhdfs import WebHdfs
     from sparkdl.errors import ConfigError, DataError
@@ -116,7 +116,7 @@ def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, ingested, tmp_path
     # a model directory that cannot be written fails before training, not after it
     spark.range(4).write.mode("overwrite").parquet(f"{home}/not-features.parquet")
     with pytest.raises(DataError, match=r"permission denied writing model directory"):
-        train_head(spark, f"{home}/not-features.parquet", f"{fs}/locked/model", TrainConfig(workers=1, epochs=1))
+        train_head(spark, f"{home}/not-features.parquet", f"{fs}/locked/model", TrainConfig(run=RunConfig(workers=1), epochs=1))
     # weights on HDFS of another architecture: refused on the driver, before the backbone runs on any image
     WebHdfs(hdfs["webhdfs"], hdfs["user"]).upload(_tiny_weights(tmp_path / "tiny.pth"), f"{home.split(fs, 1)[1]}/tiny.pth")
     with pytest.raises(ConfigError, match=r"do not fit the EfficientNet architecture"):
@@ -124,7 +124,7 @@ def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, ingested, tmp_path
                                                 backbone="efficientnet_lite0", weights=f"{home}/tiny.pth"))  # fmt: skip
     # a table of the wrong schema
     with pytest.raises(DataError, match=r"not-features.parquet"):
-        train_head(spark, f"{home}/not-features.parquet", f"{home}/model", TrainConfig(workers=1, epochs=1))
+        train_head(spark, f"{home}/not-features.parquet", f"{home}/model", TrainConfig(run=RunConfig(workers=1), epochs=1))
     # a name node nobody listens on (no retries: the message, not Hadoop's retry policy, is under test)
     hconf = spark.sparkContext._jsc.hadoopConfiguration()
     hconf.set("ipc.client.connect.max.retries", "0")
@@ -192,7 +192,7 @@ def test_spark_ml_models_save_and_load_on_hdfs(spark, hdfs):
     from sparkdl.bundle import ModelBundle
     from sparkdl.config import HeadConfig
     from sparkdl.ml import HeadClassifierModel
-    from sparkdl.train.head import HeadSpec, build_head
+    from sparkdl.model import HeadSpec, build_head
 
     head = HeadSpec.from_module(HeadConfig(), 4, 3, build_head(HeadConfig(), 4, 3, seed=5))
     model = HeadClassifierModel(ModelBundle(head=head, labels=["a", "b", "c"])).setPredictionCol("pred")

@@ -8,7 +8,7 @@ import pytest
 from sparkdl.config import TransportConfig
 from sparkdl.errors import ConfigError, TransportError, WorkerFailedError
 from sparkdl.launch.local import LocalLauncher
-from sparkdl.train.collective import Mailbox, pack, tree_allreduce, unpack
+from sparkdl.collective.allreduce import Mailbox, pack, tree_allreduce, unpack
 from sparkdl.transport import build_transport
 from sparkdl.transport.base import FRAME, Kind, UpdateMessage
 from sparkdl.transport.inproc import InProcessNetwork

@@ -2,7 +2,7 @@
 import pytest
 
 from sparkdl.errors import ConfigError
-from sparkdl.train.sharing import tree
+from sparkdl.collective import tree
 
 
 def _flood(world: int, fanout: int, source: int) -> dict[int, int]:

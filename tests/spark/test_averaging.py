@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from datagen import make_features_table
-from sparkdl.config import HeadConfig, OptimizerConfig, TrainConfig
+from sparkdl.config import AveragingConfig, HeadConfig, OptimizerConfig, RunConfig, TrainConfig
 from sparkdl.data.features import read_features
 from sparkdl.errors import DataError
 from sparkdl.evaluate import evaluate_head, metrics_from_logits
 from sparkdl.launch.local import LocalLauncher
-from sparkdl.train.averaging import ParameterAveragingTrainingMaster
-from sparkdl.train.head import HeadSpec, build_head
+from sparkdl.train.driver import ParameterAveragingTrainingMaster
+from sparkdl.model import HeadSpec, build_head
 from sparkdl.train.local import build_optimizer, get_params
 
 pytestmark = pytest.mark.spark
@@ -46,7 +46,7 @@ def _replay(master, df, table, model, opt):
         plan = _plan(master, df, epoch)
         for rnd in sorted({p[0] for p in plan}):
             in_round = [p for p in plan if p[0] == rnd]
-            for s in range(cfg.averaging_frequency):
+            for s in range(cfg.algorithm.frequency):
                 chunk = [p for p in in_round if s * b <= p[2] < (s + 1) * b]
                 if not chunk:
                     continue
@@ -59,7 +59,8 @@ def _replay(master, df, table, model, opt):
 
 def test_plan_is_balanced_and_covers_every_row(spark, table):
     df, _ = read_features(spark, table["uri"])
-    master = ParameterAveragingTrainingMaster(TrainConfig(workers=3, batch_size_per_worker=4, averaging_frequency=2))
+    master = ParameterAveragingTrainingMaster(TrainConfig(run=RunConfig(workers=3), batch_size_per_worker=4,
+                                                          algorithm=AveragingConfig(frequency=2)))  # fmt: skip
     plan = _plan(master, df, 0)
     assert len(plan) == 60 and len({p[3] for p in plan}) == 60
     per = {}
@@ -90,9 +91,9 @@ def test_plan_is_balanced_and_covers_every_row(spark, table):
 def test_plain_sgd_frequency_1_equals_large_batch_sgd(spark, table, workers, batch, rounds, execution, launcher):
     """W workers, B rows each, averaging every minibatch, plain SGD == one SGD step on the round's W*B rows."""
     df, _ = read_features(spark, table["uri"])
-    cfg = TrainConfig(workers=workers, epochs=2, batch_size_per_worker=batch, averaging_frequency=1, aggregation_depth=2,
-                      optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.0), seed=7, execution=execution,
-                      tree_fanout=2)  # fmt: skip
+    cfg = TrainConfig(run=RunConfig(workers=workers, aggregation_depth=2, execution=execution, tree_fanout=2), epochs=2,
+                      batch_size_per_worker=batch, algorithm=AveragingConfig(frequency=1),
+                      optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.0), seed=7)  # fmt: skip
     master = ParameterAveragingTrainingMaster(cfg, launcher=LocalLauncher() if launcher == "local" else None)
     head = build_head(cfg.head, DIM, CLASSES, seed=cfg.seed)
     ref = build_head(cfg.head, DIM, CLASSES, seed=cfg.seed)
@@ -108,7 +109,8 @@ def test_plain_sgd_frequency_1_equals_large_batch_sgd(spark, table, workers, bat
 def test_one_worker_with_state_averaging_equals_local_training(spark, table, execution):
     """One worker, several minibatches per round, Nesterov momentum carried across rounds == plain local fit."""
     df, _ = read_features(spark, table["uri"])
-    cfg = TrainConfig(workers=1, epochs=2, batch_size_per_worker=5, averaging_frequency=3, execution=execution,
+    cfg = TrainConfig(run=RunConfig(workers=1, execution=execution), epochs=2, batch_size_per_worker=5,
+                      algorithm=AveragingConfig(frequency=3),
                       optimizer=OptimizerConfig(name="nesterov", lr=0.05, momentum=0.8), seed=11)  # fmt: skip
     master = ParameterAveragingTrainingMaster(cfg)
     result = master.fit(df, build_head(cfg.head, DIM, CLASSES, seed=cfg.seed), CLASSES)
@@ -124,22 +126,24 @@ def test_both_executions_give_the_same_model(spark, table):
     df, _ = read_features(spark, table["uri"])
     results = {}
     for execution in ("rounds", "barrier"):
-        cfg = TrainConfig(workers=2, epochs=2, batch_size_per_worker=4, averaging_frequency=2, execution=execution,
+        cfg = TrainConfig(run=RunConfig(workers=2, execution=execution), epochs=2, batch_size_per_worker=4,
+                          algorithm=AveragingConfig(frequency=2),
                           optimizer=OptimizerConfig(name="adam", lr=0.01, momentum=0.0), seed=3)  # fmt: skip
         results[execution] = ParameterAveragingTrainingMaster(cfg).fit(df, build_head(cfg.head, DIM, CLASSES, seed=2), CLASSES)
     for k, v in results["rounds"].final_params.items():
         np.testing.assert_allclose(results["barrier"].final_params[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
     a, b = results["rounds"].history, results["barrier"].history
-    assert [h["valid_accuracy"] for h in a] == [h["valid_accuracy"] for h in b]
+    assert [h.valid_accuracy for h in a] == [h.valid_accuracy for h in b]
 
 
 def test_learns_and_keeps_the_best_epoch(spark, table):
     df, _ = read_features(spark, table["uri"])
-    cfg = TrainConfig(workers=2, epochs=4, batch_size_per_worker=8, averaging_frequency=2, head=HeadConfig.parse("mlp:16"),
+    cfg = TrainConfig(run=RunConfig(workers=2), epochs=4, batch_size_per_worker=8, algorithm=AveragingConfig(frequency=2),
+                      head=HeadConfig.parse("mlp:16"),
                       optimizer=OptimizerConfig(name="adam", lr=0.05, momentum=0.0))  # fmt: skip
     head = build_head(cfg.head, DIM, CLASSES, seed=1)
     result = ParameterAveragingTrainingMaster(cfg).fit(df, head, CLASSES)
-    valid = [h["valid_accuracy"] for h in result.history]
+    valid = [h.valid_accuracy for h in result.history]
     assert result.best_epoch == int(np.argmax(valid))
     assert max(valid) >= 0.8  # separable clusters
     spec = HeadSpec.from_module(cfg.head, DIM, CLASSES, result.head)
@@ -172,6 +176,6 @@ def test_distributed_evaluation_equals_local(spark, table):
 def test_bad_input_is_refused_before_training(spark, table, tmp_path, mutate, message):
     rows = [mutate(r, i) for i, r in enumerate(table["rows"])]
     df = spark.createDataFrame(rows, "path string, label string, label_index int, split string, features array<float>")
-    master = ParameterAveragingTrainingMaster(TrainConfig(workers=2, epochs=1))
+    master = ParameterAveragingTrainingMaster(TrainConfig(run=RunConfig(workers=2), epochs=1))
     with pytest.raises(DataError, match=message):
         master.fit(df, build_head(HeadConfig(), DIM, CLASSES), CLASSES)

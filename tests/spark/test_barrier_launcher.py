@@ -7,7 +7,7 @@ from pyspark import cloudpickle
 
 from sparkdl.errors import ConfigError, WorkerFailedError
 from sparkdl.launch.spark import SparkBarrierLauncher
-from sparkdl.train.collective import tree_allreduce
+from sparkdl.collective.allreduce import tree_allreduce
 
 pytestmark = pytest.mark.spark
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # executors cannot import this test module

@@ -8,13 +8,14 @@ import pytest
 import torch
 from pyspark import cloudpickle
 
-from sparkdl.config import HeadConfig, TrainConfig
+from sparkdl.config import AveragingConfig, HeadConfig, RunConfig, SharingConfig, TrainConfig
 from sparkdl.data import tables
 from sparkdl.data.features import read_features
 from sparkdl.errors import DivergedError, WorkerFailedError
 from sparkdl.launch.spark import SparkBarrierLauncher
-from sparkdl.train.head import build_head
-from sparkdl.train.master import EpochTracker, build_master
+from sparkdl.model import build_head
+from sparkdl.train.driver import build_master
+from sparkdl.train.tracker import EpochTracker
 
 pytestmark = pytest.mark.spark
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # executors cannot import this test module
@@ -51,7 +52,8 @@ def _overflowing_head():
                          [("averaging", "barrier"), ("averaging", "rounds"), ("sharing", "barrier")])  # fmt: skip
 def test_every_master_stops_with_the_epoch_and_round(spark, exploding, master, execution):
     df, _ = read_features(spark, exploding)
-    cfg = TrainConfig(master=master, execution=execution, workers=2, epochs=2, batch_size_per_worker=4)
+    algorithm = AveragingConfig() if master == "averaging" else SharingConfig()
+    cfg = TrainConfig(algorithm=algorithm, run=RunConfig(execution=execution, workers=2), epochs=2, batch_size_per_worker=4)
     unit = "round" if master == "averaging" else "step"
     expected = rf"^training diverged in epoch 1/2, {unit} [1-4]: the training loss is nan; {ADVICE}"
     with pytest.raises(DivergedError, match=expected):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from datagen import make_features_table
-from sparkdl.config import OptimizerConfig, TrainConfig
+from sparkdl.config import AveragingConfig, OptimizerConfig, RunConfig, TrainConfig
 from sparkdl.data import tables
 from sparkdl.errors import DataError
 from sparkdl.evaluate import partial_counts
@@ -21,7 +21,8 @@ pytestmark = pytest.mark.spark
 
 DIM, CLASSES = 4, 3
 SPARKDL = shutil.which("sparkdl", path=str(Path(sys.executable).parent)) or "sparkdl"
-CFG = TrainConfig(workers=2, epochs=1, batch_size_per_worker=8, averaging_frequency=1, optimizer=OptimizerConfig(lr=0.05))
+CFG = TrainConfig(run=RunConfig(workers=2), epochs=1, batch_size_per_worker=8, algorithm=AveragingConfig(frequency=1),
+                  optimizer=OptimizerConfig(lr=0.05))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

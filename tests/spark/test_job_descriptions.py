@@ -9,12 +9,12 @@ from typing import Iterator
 import pytest
 
 from datagen import make_bundle, make_features_table
-from sparkdl.config import IngestConfig, OptimizerConfig, PredictConfig, SharingConfig, TrainConfig
+from sparkdl.config import AveragingConfig, IngestConfig, OptimizerConfig, PredictConfig, RunConfig, SharingConfig, TrainConfig
 from sparkdl.data.images import ingest_images
 from sparkdl.evaluate import evaluate_head
 from sparkdl.infer.predict import predict_images
-from sparkdl.train.head import HeadSpec, build_head
-from sparkdl.train.master import build_master
+from sparkdl.model import HeadSpec, build_head
+from sparkdl.train.driver import build_master
 from sparkdl.train.run import evaluate_model, train_head
 
 pytestmark = pytest.mark.spark
@@ -84,8 +84,9 @@ def features(spark, tmp_path_factory) -> str:
     return uri
 
 
-def _config(**kw) -> TrainConfig:
-    base = dict(workers=2, epochs=2, batch_size_per_worker=4, averaging_frequency=1, optimizer=OptimizerConfig(lr=0.05))
+def _config(execution: str = "barrier", **kw) -> TrainConfig:
+    base = dict(run=RunConfig(workers=2, execution=execution), epochs=2, batch_size_per_worker=4,
+                algorithm=AveragingConfig(frequency=1), optimizer=OptimizerConfig(lr=0.05))  # fmt: skip
     return TrainConfig(**{**base, **kw})
 
 
@@ -123,7 +124,7 @@ def test_rounds_execution_describes_every_round(spark, features, tmp_path):
 def test_a_master_used_alone_describes_its_jobs(spark, features):
     """What the Spark ML estimator calls: the sharing master, without train_head around it."""
     df = spark.read.parquet(features)
-    cfg = _config(master="sharing", epochs=1, sharing=SharingConfig())
+    cfg = _config(algorithm=SharingConfig(), epochs=1)
     with stage_jobs(spark, "train") as watch:
         build_master(cfg).fit(df, build_head(cfg.head, 4, 3, seed=0), 3)
     assert "sparkdl train: sharing, 1 epoch, 2 workers (barrier)" in watch.descriptions

@@ -7,7 +7,7 @@ import torch
 
 from datagen import make_features_table
 from sparkdl.bundle import ModelBundle
-from sparkdl.config import OptimizerConfig, TrainConfig
+from sparkdl.config import AveragingConfig, OptimizerConfig, RunConfig, TrainConfig
 from sparkdl.errors import DataError
 from sparkdl.ml import HeadClassifier, HeadClassifierModel
 from sparkdl.report import write_report
@@ -25,7 +25,8 @@ def table(spark, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(spark, table, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "model"
-    cfg = TrainConfig(workers=2, epochs=3, batch_size_per_worker=8, averaging_frequency=2, optimizer=OptimizerConfig(lr=0.05))
+    cfg = TrainConfig(run=RunConfig(workers=2), epochs=3, batch_size_per_worker=8, algorithm=AveragingConfig(frequency=2),
+                      optimizer=OptimizerConfig(lr=0.05))  # fmt: skip
     return train_head(spark, table["uri"], out, cfg)
 
 
@@ -42,7 +43,7 @@ def test_train_writes_a_complete_bundle(trained):
     assert {"worker_fit", "aggregate", "update"} <= set(rounds[0]["phases"])  # barrier: the allreduce aggregates
     assert {"loss", "lr", "examples"} <= set(rounds[0])
     cfg = json.loads((__import__("pathlib").Path(trained.model_dir) / "config.json").read_text())
-    assert cfg["backbone"]["name"] == "synthetic" and cfg["training"]["workers"] == 2
+    assert cfg["backbone"]["name"] == "synthetic" and cfg["training"]["run"]["workers"] == 2
 
 
 def test_bundle_round_trip_and_transformer_predictions(spark, table, trained, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from datagen import make_caltech_tree, make_features_table
 from sparkdl.bundle import ModelBundle, load_bundle
-from sparkdl.config import FeaturizeConfig, HeadConfig, IngestConfig, TrainConfig
+from sparkdl.config import FeaturizeConfig, HeadConfig, IngestConfig, RunConfig, TrainConfig
 from sparkdl.data import hadoopfs, outputs, tables
 from sparkdl.data.images import ingest_images
 from sparkdl.errors import DataError
@@ -17,7 +17,7 @@ from sparkdl.train.run import train_head
 
 pytestmark = pytest.mark.spark
 
-QUICK = TrainConfig(workers=1, epochs=1, execution="rounds", head=HeadConfig())
+QUICK = TrainConfig(run=RunConfig(workers=1, execution="rounds"), epochs=1, head=HeadConfig())
 
 
 def _snapshot(root):
@@ -154,7 +154,7 @@ def test_failed_reject_check_leaves_the_previous_set_whole(spark, tree, tmp_path
 
 
 def _bundle(dim=3, n_classes=2, seed=0):
-    from sparkdl.train.head import HeadSpec, build_head
+    from sparkdl.model import HeadSpec, build_head
 
     head = build_head(HeadConfig(), dim, n_classes, seed=seed)
     return ModelBundle(head=HeadSpec.from_module(HeadConfig(), dim, n_classes, head), labels=["a", "b"])

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from datagen import jpeg_bytes, make_bundle, make_caltech_tree, tiny_weights
-from sparkdl.config import FeaturizeConfig, PredictConfig, TrainConfig
+from sparkdl.config import FeaturizeConfig, PredictConfig, RunConfig, TrainConfig
 from sparkdl.errors import DataError
 from sparkdl.featurize.featurizer import featurize_images
 from sparkdl.infer.classifier import ImageClassifier, Prediction
@@ -51,7 +51,7 @@ def test_predict_on_an_images_table_agrees_with_evaluate(spark, ingested, tmp_pa
     feats = featurize_images(spark, FeaturizeConfig(input_uri=ingested.output_uri, output_uri=str(tmp_path / "f.parquet"),
                                                     backbone="tiny"))  # fmt: skip
     model = tmp_path / "model"
-    train_head(spark, feats.output_uri, model, TrainConfig(workers=2, epochs=3, batch_size_per_worker=4))
+    train_head(spark, feats.output_uri, model, TrainConfig(run=RunConfig(workers=2), epochs=3, batch_size_per_worker=4))
     config = json.loads((model / "config.json").read_text())
     assert config["backbone"]["carried"]["kind"] == "seeded"
     result = predict_images(spark, PredictConfig(model_uri=str(model), output_uri=str(tmp_path / "p.parquet"),
@@ -170,7 +170,7 @@ def test_train_embeds_a_user_weights_file_or_references_it(spark, ingested, tmp_
     weights = tiny_weights(tmp_path / "tiny.pth")
     feats = featurize_images(spark, FeaturizeConfig(input_uri=ingested.output_uri, output_uri=str(tmp_path / "f.parquet"),
                                                     backbone="tiny", weights=str(weights)))  # fmt: skip
-    quick = TrainConfig(workers=1, epochs=1, execution="rounds")
+    quick = TrainConfig(run=RunConfig(workers=1, execution="rounds"), epochs=1)
     train_head(spark, feats.output_uri, tmp_path / "embedded", quick)
     train_head(spark, feats.output_uri, tmp_path / "referenced", quick, embed_backbone=False)
     embedded = json.loads((tmp_path / "embedded" / "config.json").read_text())["backbone"]["carried"]

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from datagen import make_features_table
-from sparkdl.config import OptimizerConfig, SharingConfig, TrainConfig
+from sparkdl.config import AveragingConfig, OptimizerConfig, RunConfig, SharingConfig, ThresholdConfig, TrainConfig
 from sparkdl.data.features import read_features
 from sparkdl.evaluate import metrics_from_logits
 from sparkdl.launch.local import LocalLauncher
-from sparkdl.train.averaging import ParameterAveragingTrainingMaster
-from sparkdl.train.head import build_head
-from sparkdl.train.sharing.master import SharedGradientTrainingMaster
+from sparkdl.train.driver import ParameterAveragingTrainingMaster
+from sparkdl.model import build_head
+from sparkdl.train.driver import SharedGradientTrainingMaster
 
 pytestmark = pytest.mark.spark
 
@@ -40,9 +40,9 @@ def _accuracy(model, table, split="test"):
 def _dense_reference(spark, df, table, cfg):
     """Synchronous dense SGD on the same shards and per-epoch orders: each step, every worker's minibatch mean
     gradient, averaged over the workers, one optimizer step. Best epoch by valid accuracy."""
-    plan_master = ParameterAveragingTrainingMaster(TrainConfig(workers=cfg.workers, epochs=cfg.epochs, seed=cfg.seed,
-                                                               batch_size_per_worker=cfg.batch_size_per_worker,
-                                                               averaging_frequency=1))  # fmt: skip
+    plan_master = ParameterAveragingTrainingMaster(TrainConfig(run=RunConfig(workers=cfg.run.workers), epochs=cfg.epochs,
+                                                               seed=cfg.seed, batch_size_per_worker=cfg.batch_size_per_worker,
+                                                               algorithm=AveragingConfig(frequency=1)))  # fmt: skip
     rows = {r[0]: (np.asarray(r[4], np.float32), r[2]) for r in table["rows"]}
     model = build_head(cfg.head, DIM, CLASSES, seed=cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum)
@@ -51,12 +51,12 @@ def _dense_reference(spark, df, table, cfg):
         plan = plan_master.epoch_plan(df, epoch)
         for rnd in sorted({p[0] for p in plan}):
             opt.zero_grad()
-            for w in range(cfg.workers):
+            for w in range(cfg.run.workers):
                 chunk = [p[3] for p in plan if p[0] == rnd and p[1] == w]
                 if chunk:
                     x = torch.from_numpy(np.stack([rows[p][0] for p in chunk]))
                     y = torch.tensor([rows[p][1] for p in chunk])
-                    (nn.functional.cross_entropy(model(x), y) / cfg.workers).backward()
+                    (nn.functional.cross_entropy(model(x), y) / cfg.run.workers).backward()
             opt.step()
         valid = _accuracy(model, table, "valid")
         if valid > best[0]:
@@ -65,9 +65,10 @@ def _dense_reference(spark, df, table, cfg):
 
 
 def _config(**sharing):
-    return TrainConfig(master="sharing", workers=4, epochs=8, batch_size_per_worker=8, seed=3, tree_fanout=2,
-                       optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9),
-                       sharing=SharingConfig(**sharing))  # fmt: skip
+    threshold = ThresholdConfig.parse(sharing.pop("threshold"))
+    return TrainConfig(algorithm=SharingConfig(threshold=threshold, **sharing), run=RunConfig(workers=4, tree_fanout=2),
+                       epochs=8, batch_size_per_worker=8, seed=3,
+                       optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9))  # fmt: skip
 
 
 def test_four_local_workers_match_the_dense_reference(spark, table):
@@ -93,9 +94,8 @@ def test_bounded_staleness_trains_and_applies_every_update(spark, table):
 
 def test_spark_barrier_over_grpc_keeps_ranks_bit_identical(spark, table):
     df, _ = read_features(spark, table["uri"])
-    cfg = TrainConfig(master="sharing", workers=2, epochs=4, batch_size_per_worker=8, seed=1,
-                      optimizer=OptimizerConfig(name="nesterov", lr=0.05, momentum=0.9),
-                      sharing=SharingConfig(threshold="adaptive"))  # fmt: skip
+    cfg = TrainConfig(algorithm=SharingConfig(threshold=ThresholdConfig("adaptive")), run=RunConfig(workers=2), epochs=4,
+                      batch_size_per_worker=8, seed=1, optimizer=OptimizerConfig(name="nesterov", lr=0.05, momentum=0.9))  # fmt: skip
     events = []
 
     class Log:
@@ -109,7 +109,7 @@ def test_spark_barrier_over_grpc_keeps_ranks_bit_identical(spark, table):
     result = SharedGradientTrainingMaster(cfg).fit(df, build_head(cfg.head, DIM, CLASSES, seed=1), listeners=[Log()])
     assert result.stats["ranks_identical"]
     assert _accuracy(result.head, table) >= 0.6
-    rounds = [e for e in events if e["type"] == "round"]
+    rounds = [e for e in events if e.type == "round"]
     assert len(rounds) == result.stats["iterations"] == 4 * 30  # 480 rows -> 2 shards of 240 -> 30 steps of 8
-    assert {"tau", "sent_fraction", "residual_norm", "message_bytes"} <= set(rounds[0])
-    assert [e["epoch"] for e in events if e["type"] == "epoch"] == [0, 1, 2, 3]
+    assert all(getattr(rounds[0], f) is not None for f in ("tau", "sent_fraction", "residual_norm", "message_bytes"))
+    assert [e.epoch for e in events if e.type == "epoch"] == [0, 1, 2, 3]

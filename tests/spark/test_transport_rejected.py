@@ -4,13 +4,13 @@ import grpc
 import pytest
 
 from datagen import make_features_table
-from sparkdl.config import TrainConfig, TransportConfig
+from sparkdl.config import AveragingConfig, RunConfig, SharingConfig, TrainConfig, TransportConfig
 from sparkdl.data.features import read_features
 from sparkdl.launch.local import LocalLauncher
-from sparkdl.train.head import build_head
+from sparkdl.model import build_head
 from sparkdl.train.listeners import TrainingListener
-from sparkdl.train.averaging import ParameterAveragingTrainingMaster
-from sparkdl.train.sharing.master import SharedGradientTrainingMaster
+from sparkdl.train.driver import ParameterAveragingTrainingMaster
+from sparkdl.train.driver import SharedGradientTrainingMaster
 from sparkdl.transport.base import Kind, UpdateMessage
 from sparkdl.transport.grpc import METHOD, SECRET_KEY, GrpcTransport
 
@@ -59,7 +59,7 @@ class _Intruder(TrainingListener):
         self.addresses = addresses
         self.codes: list[grpc.StatusCode] = []
 
-    def on_round(self, event: dict) -> None:
+    def on_round(self, event) -> None:
         if not self.codes:
             self.codes.append(_call(self.addresses[0], METHOD, ((SECRET_KEY, "guessed"),)))
             self.codes.append(_call(self.addresses[1], "/sparkdl.Transport/Peek", ()))
@@ -67,10 +67,11 @@ class _Intruder(TrainingListener):
 
 @pytest.mark.parametrize("master", ["averaging", "sharing"])
 def test_rejected_attempts_during_a_fit_are_in_the_result_stats(features, addresses, master):
-    cfg = TrainConfig(master=master, workers=2, epochs=1, batch_size_per_worker=4)
+    algorithm = AveragingConfig() if master == "averaging" else SharingConfig()
+    cfg = TrainConfig(algorithm=algorithm, run=RunConfig(workers=2), epochs=1, batch_size_per_worker=4)
     intruder = _Intruder(addresses)
     master = MASTERS[master](cfg, launcher=LocalLauncher(TransportConfig(name="grpc")))
     result = master.fit(features, build_head(cfg.head, DIM, CLASSES, seed=0), CLASSES, listeners=[intruder])
     assert intruder.codes == [grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED]
     assert result.stats["transport_rejected"] == 2  # one on each rank, summed
-    assert result.history[0]["examples"] == 24  # the fit itself went on untouched
+    assert result.history[0].examples == 24  # the fit itself went on untouched

@@ -12,7 +12,7 @@ import torch
 from sparkdl.bundle import ModelBundle
 from sparkdl.config import HeadConfig
 from sparkdl.errors import DataError
-from sparkdl.train.head import HeadSpec, build_head
+from sparkdl.model import HeadSpec, build_head
 
 DIM, N_CLASSES = 8, 3
 
@@ -268,7 +268,7 @@ def test_valid_bundles_load(valid, tmp_path):
 
 @pytest.mark.parametrize("config", [HeadConfig(), HeadConfig("mlp", (7,)), HeadConfig("mlp", (7, 5, 3), 0.5)], ids=str)
 def test_head_shapes_are_the_built_heads_state_dict(config):
-    from sparkdl.train.head import head_shapes
+    from sparkdl.model import head_shapes
 
     built = {k: tuple(v.shape) for k, v in build_head(config, DIM, N_CLASSES).state_dict().items()}
     assert head_shapes(config, DIM, N_CLASSES) == built

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparkdl.errors import ConfigError, TransportError
-from sparkdl.train.sharing import codec
+from sparkdl.train.exchange.sharing import codec
 
 
 @settings(max_examples=150, deadline=None)

@@ -3,7 +3,7 @@ import numpy as np
 
 from sparkdl.config import TrainConfig
 from sparkdl.evaluate import Metrics
-from sparkdl.train.master import EpochTracker
+from sparkdl.train.tracker import EpochTracker
 
 
 def _valid(correct: int, n: int = 10) -> Metrics:
@@ -19,8 +19,8 @@ def test_best_epoch_and_early_stopping():
         if epoch < 3:
             assert not stop
     assert stop and t.best_epoch == 1 and t.best_params == {"e": 1}
-    assert record == {**record, "epoch": 3, "epochs": 10, "train_loss": 2.0, "examples": 10, "examples_per_second": 5.0,
-                      "valid_accuracy": 0.8}  # fmt: skip
+    assert (record.epoch, record.epochs, record.train_loss, record.examples, record.examples_per_second,
+            record.valid_accuracy) == (3, 10, 2.0, 10, 5.0, 0.8)  # fmt: skip
     assert len(t.history) == 4
 
 
@@ -29,6 +29,6 @@ def test_without_valid_rows_the_train_loss_decides_and_patience_none_never_stops
     calls = []
     for epoch, loss in enumerate([3.0, 1.0, 2.0, 2.5]):
         rec = t.end_epoch(epoch, loss_sum=loss, examples=1, seconds=0.0, valid=None, params_fn=lambda e=epoch: calls.append(e) or e, tau=0.1)
-        assert rec["valid_accuracy"] is None and rec["tau"] == 0.1 and rec["examples_per_second"] == 0.0
+        assert rec.valid_accuracy is None and rec.tau == 0.1 and rec.examples_per_second == 0.0
     assert t.best_epoch == 1 and t.best_params == 1 and calls == [0, 1]  # params taken only when best
     assert not t.should_stop

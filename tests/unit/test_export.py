@@ -377,7 +377,7 @@ def test_config_refusals(kwargs, message):
 def test_features_only_bundle_is_refused(tmp_path):
     from sparkdl.bundle import ModelBundle
     from sparkdl.config import HeadConfig
-    from sparkdl.train.head import HeadSpec, build_head
+    from sparkdl.model import HeadSpec, build_head
 
     head = build_head(HeadConfig(), 8, 3, seed=0)
     ModelBundle(head=HeadSpec.from_module(HeadConfig(), 8, 3, head), labels=["a", "b", "c"],

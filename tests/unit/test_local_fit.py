@@ -4,8 +4,9 @@ import torch
 
 from sparkdl.config import HeadConfig, OptimizerConfig
 from sparkdl.errors import ConfigError
-from sparkdl.train.averaging import average, sum_payloads, tree_levels
-from sparkdl.train.head import HeadSpec, build_head
+from sparkdl.train.exchange.averaging import average
+from sparkdl.train.rounds import sum_payloads, tree_levels
+from sparkdl.model import HeadSpec, build_head
 from sparkdl.train.local import (
     build_optimizer, fit_minibatches, get_optimizer_state, get_params, set_optimizer_state, set_params,
 )  # fmt: skip

@@ -11,7 +11,9 @@ from pyspark import keyword_only
 from pyspark.ml import Estimator
 
 from sparkdl.cli.options import add_train_args, train_config
-from sparkdl.config import EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, HeadConfig, TrainConfig
+from sparkdl.config import (
+    EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, AveragingConfig, HeadConfig, SharingConfig, ThresholdConfig, TrainConfig,
+)  # fmt: skip
 from sparkdl.errors import ConfigError
 from sparkdl.ml.train_params import TRAINING_PARAM_NAMES, HasTrainingParams, training_defaults
 from sparkdl.params import with_accessors
@@ -235,14 +237,16 @@ def test_every_param_reaches_the_trainconfig():
     for name, value in NON_DEFAULT.items():
         assert value != t.getOrDefault(name), name  # so each one is seen to arrive
     t.setParams(**NON_DEFAULT)
-    cfg = t.trainConfig()
-    assert (cfg.master, cfg.workers, cfg.epochs, cfg.batch_size_per_worker, cfg.averaging_frequency) == ("sharing", 3, 4, 8, 2)
-    assert (cfg.execution, cfg.aggregation_depth, cfg.tree_fanout, cfg.transport.name) == ("rounds", 3, 4, "aeron")
-    assert dataclasses.asdict(cfg.sharing) == {"threshold": "fixed:0.001", "residual_clip_k": 2.5,
-                                               "residual_clip_every": 3, "staleness": 1}  # fmt: skip
+    cfg = t.setExecution("barrier").trainConfig()  # rounds is averaging's execution: sharing refuses it
+    assert (cfg.master, cfg.run.workers, cfg.epochs, cfg.batch_size_per_worker) == ("sharing", 3, 4, 8)
+    assert (cfg.run.aggregation_depth, cfg.run.tree_fanout, cfg.run.transport.name) == (3, 4, "aeron")
+    assert cfg.algorithm == SharingConfig(threshold=ThresholdConfig("fixed", 0.001), residual_clip_k=2.5,
+                                          residual_clip_every=3, staleness=1)  # fmt: skip
     assert cfg.head == HeadConfig(kind="mlp", hidden=(16, 8), dropout=0.25)
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == ("sgd", 0.05, 0.5, 1e-4)
-    assert (cfg.average_updater_state, cfg.early_stopping_patience, cfg.seed, cfg.score_every) == (False, 2, 7, 3)
+    assert (cfg.early_stopping_patience, cfg.seed, cfg.score_every) == (2, 7, 3)
+    cfg = t.setMaster("averaging").setExecution("rounds").trainConfig()  # the averaging Params reach an averaging config
+    assert cfg.algorithm == AveragingConfig(frequency=2, average_updater_state=False) and cfg.run.execution == "rounds"
     assert t.getNumClasses() == 5  # not a TrainConfig field: the estimator's own
 
 
@@ -250,7 +254,7 @@ def test_params_and_cli_build_the_same_trainconfig():
     """The same non-default values through argv and through the Params: ``trainConfig`` mirrors ``train_config``."""
     actions = cli_actions(cli_parser())
     for optimizer in ("sgd", "adam"):
-        values = {**NON_DEFAULT, "optimizer": optimizer}
+        values = {**NON_DEFAULT, "optimizer": optimizer, "execution": "barrier"}  # rounds is averaging's alone
         argv: list[str] = []
         for dest, name in CLI_TO_PARAM.items():
             action, value = actions[dest], values[name]

@@ -4,7 +4,7 @@ import pytest
 from sparkdl.bundle import ModelBundle
 from sparkdl.config import HeadConfig
 from sparkdl.report import write_report
-from sparkdl.train.head import HeadSpec, build_head
+from sparkdl.model import HeadSpec, build_head
 
 LABELS = ["$\\frac{$", "a$b$c", "50%_\n"]
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from sparkdl.errors import ConfigError
-from sparkdl.train.sharing import codec
-from sparkdl.train.sharing.residual import ResidualAccumulator
-from sparkdl.train.sharing.threshold import (
+from sparkdl.train.exchange.sharing import codec
+from sparkdl.train.exchange.sharing.residual import ResidualAccumulator
+from sparkdl.train.exchange.sharing.threshold import (
     DECAY, AdaptiveThreshold, FixedThreshold, TargetSparsityThreshold, parse_threshold,
 )  # fmt: skip
 

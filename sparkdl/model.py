@@ -1,4 +1,5 @@
-"""The trainable head on top of frozen features."""
+"""The trainable head on top of frozen features: built, described as plain data (``HeadSpec``), scored. Used by
+training, the bundle, evaluation and inference (no Spark)."""
 from __future__ import annotations
 
 import contextlib
@@ -108,3 +109,16 @@ class HeadSpec:
         model = build_head(self.config, self.in_dim, self.n_classes)
         model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.params.items()}, strict=True)
         return model.eval()
+
+
+def writable(a: np.ndarray, dtype) -> np.ndarray:
+    """A contiguous array torch may wrap without a warning (buffers from Arrow/bytes are read-only)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    model.eval()
+    xt = torch.from_numpy(writable(x, np.float32))
+    return torch.cat([model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)] or [torch.zeros(0)]).numpy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparkdl.errors import ConfigError
-from sparkdl.train.sharing import codec
+from sparkdl.train.exchange.sharing import codec
 
 
 class ResidualAccumulator:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 
+from sparkdl.config import ThresholdConfig
 from sparkdl.errors import ConfigError
 
 DECAY = 0.965936  # 0.5 ** (1 / 20): tau halves (or doubles) over 20 steps out of band
@@ -136,19 +137,15 @@ class TargetSparsityThreshold(_Calibrated):
             self.tau = min(MAX_TAU, self.tau / self.decay)
 
 
+def build_threshold(config: ThresholdConfig) -> ThresholdAlgorithm:
+    """The algorithm a ``ThresholdConfig`` names (parsed and range-checked there)."""
+    if config.kind == "adaptive":
+        return AdaptiveThreshold(config.value if config.value is not None else 1e-4)
+    if config.kind == "fixed":
+        return FixedThreshold(config.value)
+    return TargetSparsityThreshold(config.value if config.value is not None else 1e-3)
+
+
 def parse_threshold(spec: str) -> ThresholdAlgorithm:
-    """``adaptive``, ``adaptive:1e-4``, ``fixed:1e-3`` or ``target-sparsity:1e-3``."""
-    name, _, value = spec.strip().partition(":")
-    try:
-        number = float(value) if value else None
-    except ValueError:
-        raise ConfigError(f"threshold {spec!r}: {value!r} is not a number") from None
-    if name == "adaptive":
-        return AdaptiveThreshold(number if number is not None else 1e-4)
-    if name == "fixed":
-        if number is None:
-            raise ConfigError("fixed threshold needs a value, e.g. fixed:1e-3")
-        return FixedThreshold(number)
-    if name == "target-sparsity":
-        return TargetSparsityThreshold(number if number is not None else 1e-3)
-    raise ConfigError(f"threshold must be adaptive[:T0], fixed:T or target-sparsity:S, got {spec!r}")
+    """``adaptive``, ``adaptive:1e-4``, ``fixed:1e-3`` or ``target-sparsity:1e-3`` (``ThresholdConfig.parse``)."""
+    return build_threshold(ThresholdConfig.parse(spec))

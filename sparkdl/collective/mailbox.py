@@ -1,19 +1,10 @@
-"""Protocol helpers the masters run on top of any transport: a mailbox and a deterministic tree allreduce.
-
-``Mailbox`` keeps messages that arrived before they were asked for (a fast neighbour may already be a step ahead)
-and drops duplicates by message id. ``tree_allreduce`` sums arrays over the tree of ``sharing.tree``: every rank
-adds its children's partial sums to its own in rank order and sends the result up; the root's total comes back
-down unchanged, so every rank ends with the same bits, whatever order messages arrived in.
-"""
+"""Messages held until asked for: a fast neighbour may already be a step ahead; duplicates dropped by message id."""
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
-
-import numpy as np
+from typing import Iterable
 
 from sparkdl.errors import TransportError
-from sparkdl.train.sharing import tree
 from sparkdl.transport.base import Kind, Transport, UpdateMessage, message_id
 
 
@@ -77,46 +68,3 @@ class Mailbox:
         """Every held message of ``kind`` (removed from the held set), in (step, origin) order."""
         keys = sorted(k for k in self._held if k[0] == int(kind))
         return [self._held.pop(k) for k in keys]
-
-
-def pack(arrays: Sequence[np.ndarray]) -> bytes:
-    return b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
-
-
-def unpack(payload: bytes, like: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Arrays shaped and typed like ``like`` from ``payload``; ``TransportError`` when the sizes disagree."""
-    expected = sum(a.nbytes for a in like)
-    if len(payload) != expected:
-        raise TransportError(f"allreduce payload has {len(payload)} bytes, expected {expected}")
-    out, offset = [], 0
-    for a in like:
-        out.append(np.frombuffer(payload, dtype=a.dtype, count=a.size, offset=offset).reshape(a.shape).copy())
-        offset += a.nbytes
-    return out
-
-
-def tree_allreduce(mailbox: Mailbox, step: int, arrays: Sequence[np.ndarray], fanout: int) -> list[np.ndarray]:
-    """Elementwise sums of ``arrays`` over all ranks, bit-identical on every rank. ``step`` must be unique per call
-    within a launch (it keys the messages)."""
-    transport = mailbox.transport
-    rank, world = transport.rank, transport.world
-    total = [np.array(a, copy=True) for a in arrays]
-    if world == 1:
-        return total
-    kids = tree.children(rank, world, fanout)
-    if kids:
-        got = mailbox.take(Kind.REDUCE, step, kids)
-        for child in kids:  # rank order: the sum's rounding does not depend on arrival order
-            for acc, part in zip(total, unpack(got[child].payload, total)):
-                acc += part
-    up = tree.parent(rank, world, fanout)
-    if up is not None:
-        transport.send(up, UpdateMessage(Kind.REDUCE, step, rank, mailbox.next_id(), pack(total)))
-        down = mailbox.take(Kind.BROADCAST, step, [up])[up]
-        total = unpack(down.payload, total)
-        payload = down.payload
-    else:
-        payload = pack(total)
-    for child in kids:
-        transport.send(child, UpdateMessage(Kind.BROADCAST, step, rank, mailbox.next_id(), payload))
-    return total

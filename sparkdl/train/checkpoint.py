@@ -1,0 +1,209 @@
+"""Checkpoints: everything a fit needs to continue exactly, one file per checkpoint, on any Hadoop URI.
+
+A checkpoint after epoch ``e`` (``epoch-000e.ckpt`` in the checkpoint directory) is one safetensors file: its
+tensors are every array of the state (the exchange's shared state — parameters, optimizer state —, each rank's own
+state — sharing: residual —, the best epoch's parameters) and its header metadata is JSON for the rest (the epoch
+tracker's history, best score and early-stopping count, thresholds, the config and the shard layout's identity).
+Nothing is unpickled on load: a checkpoint directory on a shared file system is read like any untrusted file.
+
+Written complete or not at all (``<name>.partial`` renamed into place); the last ``keep`` are kept. The epoch order
+of rows and every torch seed derive from (seed, epoch, step, rank), so the epoch number is all the RNG state there is.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sparkdl.errors import ConfigError, DataError
+from sparkdl.train.loop import Resume
+
+FORMAT = 1
+_NAME = re.compile(r"^epoch-(\d{6})\.ckpt$")
+# what a resumed fit may change: how it runs, not what it computes (epochs: a finished fit may go on for more)
+_FREE = ("epochs", "score_every", "run.transport", "run.checkpoint_dir", "run.checkpoint_every", "run.keep_checkpoints",
+         "run.max_attempts", "run.min_workers", "run.resume")  # fmt: skip
+
+
+def _flatten(tree, prefix: str, arrays: dict[str, np.ndarray]):
+    """``tree`` with every numpy array replaced by ``{"__array__": key}`` (the array stored under ``key``)."""
+    if isinstance(tree, np.ndarray):
+        arrays[prefix] = np.ascontiguousarray(tree)
+        return {"__array__": prefix}
+    if isinstance(tree, dict):
+        return {str(k): _flatten(v, f"{prefix}/{k}", arrays) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_flatten(v, f"{prefix}/{i}", arrays) for i, v in enumerate(tree)]
+    if isinstance(tree, np.generic):
+        return tree.item()
+    return tree
+
+
+def _unflatten(tree, arrays: dict[str, np.ndarray], source: str):
+    if isinstance(tree, dict):
+        if set(tree) == {"__array__"}:
+            key = tree["__array__"]
+            if key not in arrays:
+                raise DataError(f"{source}: the checkpoint names a tensor {str(key)[:60]!r} it does not hold: delete it")
+            return arrays[key]
+        return {k: _unflatten(v, arrays, source) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_unflatten(v, arrays, source) for v in tree]
+    return tree
+
+
+def _fields(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"run": {"workers": 2}}`` -> ``{"run.workers": 2}``."""
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_fields(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    epoch: int  # epochs done: the fit continues with this one (0-based)
+    config: dict  # TrainConfig.to_json()
+    layout: dict  # the shard layout's identity (rows, feature length, classes, workers, per-partition counts)
+    shared: dict  # the exchange's shared state (rank 0's)
+    ranks: list  # each rank's own exchange state
+    tracker: dict  # EpochTracker.state_dict()
+
+    def to_bytes(self) -> bytes:
+        from safetensors.numpy import save
+
+        arrays: dict[str, np.ndarray] = {}
+        meta = {"format": FORMAT, "epoch": self.epoch, "config": self.config, "layout": self.layout,
+                "shared": _flatten(self.shared, "shared", arrays), "ranks": _flatten(self.ranks, "ranks", arrays),
+                "tracker": _flatten(self.tracker, "tracker", arrays)}  # fmt: skip
+        return save(arrays, metadata={"sparkdl": json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> "Checkpoint":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        try:
+            arrays = load(data)
+            header_len = int.from_bytes(data[:8], "little")
+            meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["sparkdl"])
+        except (SafetensorError, ValueError, KeyError, TypeError, RecursionError) as e:
+            raise DataError(f"{source} is not a sparkdl checkpoint ({type(e).__name__}): delete it to start over") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise DataError(f"{source} is a checkpoint of another format ({str(meta.get('format'))[:20] if isinstance(meta, dict) else '?'}"
+                            f", this sparkdl reads {FORMAT}): delete it to start over")  # fmt: skip
+        try:
+            return cls(int(meta["epoch"]), dict(meta["config"]), dict(meta["layout"]),
+                       _unflatten(meta["shared"], arrays, source), list(_unflatten(meta["ranks"], arrays, source)),
+                       _unflatten(meta["tracker"], arrays, source))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{source}: the checkpoint's metadata is incomplete ({e}): delete it to start over") from None
+
+    def check_compatible(self, config: dict, layout: dict, elastic: bool, source: str) -> None:
+        """``ConfigError`` naming every field that differs between the checkpoint's run and this one, where it
+        changes the math (``workers`` too, unless the fit is elastic); the same for the shard layout."""
+        free = _FREE + (("run.workers",) if elastic else ())
+        mine, theirs = _fields(config), _fields(self.config)
+        differ = [f"{k} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(mine) | set(theirs))
+                  if not k.startswith(free) and mine.get(k) != theirs.get(k)]  # fmt: skip
+        if differ:
+            raise ConfigError(f"--resume: {source} was written by a fit with other settings ({'; '.join(differ)}): run "
+                              "with the checkpoint's settings, or start over without --resume")  # fmt: skip
+        lay = [f"{k} {self.layout.get(k)!r} -> {layout.get(k)!r}" for k in sorted(set(layout) | set(self.layout))
+               if layout.get(k) != self.layout.get(k) and not (elastic and k == "workers")]  # fmt: skip
+        if lay:
+            raise ConfigError(f"--resume: {source} was written for another features table or layout ({'; '.join(lay)}):"
+                              " resume on the same table, or start over without --resume")  # fmt: skip
+
+    def resume(self, workers: int) -> Resume:
+        """Where the next attempt starts; ranks beyond this checkpoint's (an elastic fit grown, or a new layout)
+        start with no state of their own."""
+        same = int(self.layout.get("workers", -1)) == workers
+        return Resume(self.epoch, self.shared, self.ranks if same else None, self.tracker)
+
+
+class CheckpointStore:
+    """A checkpoint directory: local paths directly, any other Hadoop URI through Spark's Hadoop client."""
+
+    def __init__(self, uri: str, keep: int = 2, spark=None) -> None:
+        from sparkdl.data import hadoopfs
+
+        if keep < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {keep}")
+        self.spark = spark
+        qualified = hadoopfs.qualify(spark, uri) if spark is not None and "://" not in uri and not uri.startswith("file:") else uri
+        self.local = hadoopfs.is_local(qualified)
+        self.uri = str(hadoopfs.local_path(qualified)) if self.local else qualified.rstrip("/")
+        self.keep = keep
+
+    def _join(self, name: str) -> str:
+        return os.path.join(self.uri, name) if self.local else f"{self.uri}/{name}"
+
+    def epochs(self) -> list[int]:
+        """The complete checkpoints' epochs, ascending."""
+        from sparkdl.data import hadoopfs
+
+        if self.local:
+            names = os.listdir(self.uri) if os.path.isdir(self.uri) else []
+        else:
+            names = [n for n, is_dir in hadoopfs.list_dir(self.spark, self.uri) if not is_dir] if hadoopfs.exists(self.spark, self.uri) else []
+        return sorted(int(m[1]) for m in map(_NAME.match, names) if m)
+
+    def write(self, checkpoint: Checkpoint) -> tuple[str, int]:
+        """Write ``checkpoint`` (complete or absent) and keep the last ``keep``; returns (its URI, bytes)."""
+        data = checkpoint.to_bytes()
+        name = f"epoch-{checkpoint.epoch:06d}.ckpt"
+        target = self._join(name)
+        if self.local:
+            os.makedirs(self.uri, exist_ok=True)
+            partial = target + ".partial"
+            with open(partial, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, target)
+        else:
+            self._put(data, target)
+        for old in self.epochs()[: -self.keep]:
+            self._delete(self._join(f"epoch-{old:06d}.ckpt"))
+        return target, len(data)
+
+    def _put(self, data: bytes, target: str) -> None:
+        from sparkdl.data import hadoopfs
+
+        with tempfile.TemporaryDirectory(prefix="sparkdl-ckpt-") as tmp:
+            local = Path(tmp) / "ckpt"
+            local.write_bytes(data)
+            hadoopfs.put_file(self.spark, local, target + ".partial")
+        hadoopfs.delete(self.spark, target)  # the same epoch written again (a re-run attempt): replaced
+        hadoopfs.rename(self.spark, target + ".partial", target)
+
+    def _delete(self, target: str) -> None:
+        from sparkdl.data import hadoopfs
+
+        if self.local:
+            try:
+                os.remove(target)
+            except FileNotFoundError:
+                pass
+        else:
+            hadoopfs.delete(self.spark, target)
+
+    def latest(self) -> tuple[Checkpoint, str] | None:
+        """The newest complete checkpoint and its URI, or None."""
+        from sparkdl.data import hadoopfs
+
+        epochs = self.epochs()
+        if not epochs:
+            return None
+        target = self._join(f"epoch-{epochs[-1]:06d}.ckpt")
+        data = Path(target).read_bytes() if self.local else hadoopfs.read_file(self.spark, target)
+        return Checkpoint.from_bytes(data, target), target
