@@ -237,12 +237,31 @@ class RunConfig:
     transport: TransportConfig = TransportConfig()
     tree_fanout: int = 8  # children per worker in the tree the workers sum (and share updates) over
     aggregation_depth: int = 2  # treeReduce depth of the rounds execution
+    checkpoint_dir: str | None = None  # any Hadoop URI; None: none (``sparkdl train``: <output>.checkpoints)
+    checkpoint_every: int = 1  # epochs between checkpoints; 0: none
+    keep_checkpoints: int = 2  # the newest this many are kept
+    max_attempts: int = 3  # a failed barrier stage is launched again, from the latest checkpoint, up to this often
+    min_workers: int | None = None  # elastic: go on with as few as this many workers when slots are lost
+    resume: bool = False  # continue from the latest checkpoint in checkpoint_dir
+    slot_wait_s: float = 60.0  # before a re-launch, how long to wait for lost task slots to come back
 
     def __post_init__(self) -> None:
         _require(self.execution in EXECUTIONS, f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
-        for name in ("workers", "tree_fanout", "aggregation_depth"):
+        for name in ("workers", "tree_fanout", "aggregation_depth", "keep_checkpoints", "max_attempts"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        _require(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+                 f"checkpoint_every must be >= 0 epochs (0: no checkpoints), got {self.checkpoint_every!r}")  # fmt: skip
+        _require(self.checkpoint_dir is None or (isinstance(self.checkpoint_dir, str) and self.checkpoint_dir.strip() != ""),
+                 "checkpoint_dir must be a path or Hadoop URI")  # fmt: skip
+        _require(self.min_workers is None or (isinstance(self.min_workers, int) and 1 <= self.min_workers <= self.workers),
+                 f"min_workers must be between 1 and workers ({self.workers}), got {self.min_workers!r}")  # fmt: skip
+        _require(isinstance(self.slot_wait_s, (int, float)) and math.isfinite(self.slot_wait_s) and self.slot_wait_s >= 0,
+                 f"slot_wait_s must be >= 0 seconds, got {self.slot_wait_s!r}")  # fmt: skip
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None and self.min_workers < self.workers
 
     def to_json(self) -> dict:
         return to_json(self)
@@ -383,7 +402,8 @@ class TrainConfig:
     def options(self) -> dict[str, object]:
         """This config as the training options, by Spark ML Param name (``sparkdl.ml.train_params``; the CLI's
         ``--kebab-case`` options): ``head`` as a spec, ``threshold`` and ``residualClip`` as the options' text,
-        ``earlyStoppingPatience`` 0 for "off". The inverse of :meth:`from_options`."""
+        ``earlyStoppingPatience`` and ``minWorkers`` 0 and ``checkpointDir`` "" for "not set". The inverse of
+        :meth:`from_options`."""
         a = self.algorithm
         avg = a if isinstance(a, AveragingConfig) else AveragingConfig()
         sh = a if isinstance(a, SharingConfig) else SharingConfig()
@@ -410,6 +430,13 @@ class TrainConfig:
             "earlyStoppingPatience": self.early_stopping_patience or 0,
             "seed": self.seed,
             "scoreEvery": self.score_every,
+            "checkpointDir": self.run.checkpoint_dir or "",
+            "checkpointEvery": self.run.checkpoint_every,
+            "keepCheckpoints": self.run.keep_checkpoints,
+            "maxAttempts": self.run.max_attempts,
+            "minWorkers": self.run.min_workers or 0,
+            "resume": self.run.resume,
+            "slotWait": self.run.slot_wait_s,
         }
 
     @classmethod
@@ -429,7 +456,10 @@ class TrainConfig:
         return cls(
             algorithm=algorithm,
             run=RunConfig(workers=o["workers"], execution=o["execution"], transport=TransportConfig(name=o["transport"]),
-                          tree_fanout=o["treeFanout"], aggregation_depth=o["aggregationDepth"]),  # fmt: skip
+                          tree_fanout=o["treeFanout"], aggregation_depth=o["aggregationDepth"],
+                          checkpoint_dir=o["checkpointDir"] or None, checkpoint_every=o["checkpointEvery"],
+                          keep_checkpoints=o["keepCheckpoints"], max_attempts=o["maxAttempts"],
+                          min_workers=o["minWorkers"] or None, resume=o["resume"], slot_wait_s=o["slotWait"]),  # fmt: skip
             epochs=o["epochs"],
             batch_size_per_worker=o["batchSizePerWorker"],
             head=HeadConfig.parse(str(o["head"]), dropout=o["dropout"]),

@@ -19,7 +19,16 @@ class TransportError(SparkDLError):
 
 
 class WorkerFailedError(SparkDLError):
-    """A distributed worker failed; the message names the rank and the cause."""
+    """A distributed worker failed; the message names the rank, where it was (epoch, step) and the cause when known.
+    ``rank``, ``epoch``, ``step`` (0-based) and ``cause`` are also attributes (None when unknown)."""
+
+    def __init__(self, message: str, rank: int | None = None, epoch: int | None = None, step: int | None = None,
+                 cause: str | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.rank, self.epoch, self.step, self.cause = rank, epoch, step, cause if cause is not None else message
+
+    def __reduce__(self):  # keeps the attributes through pickling (process launchers)
+        return (type(self), (str(self), self.rank, self.epoch, self.step, self.cause))
 
 
 class DivergedError(DataError):

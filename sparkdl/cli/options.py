@@ -51,6 +51,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text)
@@ -150,6 +160,24 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int | None = None) -> Non
     p.add_argument("--score-every", type=int, default=d["scoreEvery"],
                    help="print the training loss every N averaging rounds "
                    f"(default: {d['scoreEvery'] if d['scoreEvery'] else 'per epoch only'})")  # fmt: skip
+    p.add_argument("--checkpoint-dir", default=d["checkpointDir"] or None,
+                   help="where checkpoints go, any Hadoop URI (default: <output>.checkpoints)")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=d["checkpointEvery"],
+                   help=f"epochs between checkpoints, 0: none (default {d['checkpointEvery']})")  # fmt: skip
+    p.add_argument("--keep-checkpoints", type=positive_int, default=d["keepCheckpoints"],
+                   help=f"how many of the newest checkpoints to keep (default {d['keepCheckpoints']})")  # fmt: skip
+    p.add_argument("--max-attempts", type=positive_int, default=d["maxAttempts"],
+                   help="launch a failed barrier stage (a lost executor, a killed worker) again from the latest "
+                   f"checkpoint, up to this many attempts in all (default {d['maxAttempts']})")  # fmt: skip
+    p.add_argument("--min-workers", type=positive_int, default=d["minWorkers"] or None,
+                   help="elastic: when task slots are lost, go on with as few as this many workers (the shards dealt "
+                   "again; sharing drops the lost ranks' residuals) (default: off, a fit needs all --workers)")  # fmt: skip
+    p.add_argument("--slot-wait", type=float, default=d["slotWait"], metavar="SECONDS",
+                   help="after a failure, how long to wait for lost task slots to come back before going on with fewer "
+                   f"(--min-workers) or failing (default {d['slotWait']:g})")  # fmt: skip
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=d["resume"],
+                   help="continue from the latest checkpoint in --checkpoint-dir (none there yet: start); settings "
+                   "that change the math must match the checkpoint's")  # fmt: skip
 
 
 # -- configs from the options ----------------------------------------------------------------------------------------

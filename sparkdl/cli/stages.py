@@ -171,6 +171,14 @@ def run_featurize(args, say) -> dict:
     return payload
 
 
+def _failure_row(failure: dict) -> str:
+    who = f"rank {failure['rank']}" if failure["rank"] is not None else "a worker"
+    where = f" in epoch {failure['epoch'] + 1}" if failure["epoch"] is not None else ""
+    then = (f"; went on from epoch {failure['resume_epoch'] + 1} with {failure['workers_after']} workers"
+            if failure["resume_epoch"] is not None else "")  # fmt: skip
+    return f"{who}{where}: {failure['cause']}{then}"
+
+
 def run_train(args, say) -> dict:
     from sparkdl.train.run import train_head
 
@@ -186,6 +194,9 @@ def run_train(args, say) -> dict:
             ("best epoch", f"{result.best_epoch + 1} of {result.epochs_run}"),
             *metrics_rows(result.metrics),
             ("time", f"{result.seconds:.1f} s ({result.examples_per_second:.0f} examples/s)"),
+            *([("resumed", f"from the checkpoint after epoch {result.resumed_from_epoch}")]
+              if result.resumed_from_epoch is not None else []),
+            *[(f"attempt {f['attempt']} failed", _failure_row(f)) for f in result.failures],
             *[("warning", w) for w in result.warnings],  # also under "warnings" in the --json payload
         ],
         payload,

@@ -18,6 +18,10 @@ def _no_report(event: dict) -> None:
     return None
 
 
+def _no_deliver(data: bytes) -> None:
+    return None
+
+
 @dataclass
 class WorkerContext:
     rank: int
@@ -26,6 +30,7 @@ class WorkerContext:
     timeout_s: float  # how long to wait for a peer's message before failing
     cpus: int = 1  # cores this worker may use (torch threads)
     report: Callable[[dict], None] = _no_report  # a JSON-able event to the caller's listeners, live
+    deliver: Callable[[bytes], None] = _no_deliver  # bytes for the caller (a checkpoint), in order with the events
     comm: Collective = field(init=False)  # this rank's collective operations (allreduce, barrier, gather)
 
     def __post_init__(self) -> None:
@@ -56,8 +61,10 @@ def data_error(name: str, message: str) -> errors.DataError | None:
 
 class Launcher(ABC):
     @abstractmethod
-    def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None) -> list:
+    def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None,
+            on_artifact: Callable[[bytes], None] | None = None) -> list:
         """Run ``fn`` on every rank of ``data`` (one partition / shard per rank); results in rank order.
-        Events a worker passes to ``ctx.report`` reach ``on_event`` on the calling side while the launch runs.
+        Events a worker passes to ``ctx.report`` reach ``on_event`` on the calling side while the launch runs, and
+        bytes it passes to ``ctx.deliver`` reach ``on_artifact`` (in the order they were sent, events included).
         A failure on any rank raises ``WorkerFailedError`` naming it; a ``DataError`` (``DivergedError``...) a rank
         raises is raised as itself (``data_error``)."""

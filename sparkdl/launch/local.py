@@ -24,7 +24,8 @@ MODES = ("threads", "processes")
 
 
 def _failure(rank: int, error: BaseException) -> WorkerFailedError:
-    return WorkerFailedError(f"worker rank {rank} failed: {type(error).__name__}: {error}")
+    return WorkerFailedError(f"worker rank {rank} failed: {type(error).__name__}: {error}", rank=rank,
+                             cause=f"{type(error).__name__}: {error}")  # fmt: skip
 
 
 def _first_cause(errors: Sequence[BaseException | None]) -> tuple[int, BaseException] | None:
@@ -47,17 +48,20 @@ class LocalLauncher(Launcher):
         self.mode = mode
         self.cpus_per_worker = cpus_per_worker
 
-    def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None) -> list:
+    def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None,
+            on_artifact: Callable[[bytes], None] | None = None) -> list:
         """``data``: a sequence with one iterable of rows per rank."""
         shards = list(data)
         if not shards:
             raise ConfigError("LocalLauncher.run needs at least one shard (one per rank)")
         on_event = on_event or (lambda event: None)
+        on_artifact = on_artifact or (lambda data: None)
         if self.mode == "threads":
-            return self._threads(fn, shards, on_event)
-        return self._processes(fn, shards, on_event)
+            return self._threads(fn, shards, on_event, on_artifact)
+        return self._processes(fn, shards, on_event, on_artifact)
 
-    def _threads(self, fn: WorkerFn, shards: list, on_event: Callable[[dict], None]) -> list:
+    def _threads(self, fn: WorkerFn, shards: list, on_event: Callable[[dict], None],
+                 on_artifact: Callable[[bytes], None]) -> list:  # fmt: skip
         world = len(shards)
         network = InProcessNetwork() if self.transport.name == "inproc" else None
         transports = [build_transport(self.transport, r, world, "127.0.0.1", network) for r in range(world)]
@@ -69,9 +73,13 @@ class LocalLauncher(Launcher):
             with report_lock:
                 on_event(event)
 
+        def deliver(data: bytes) -> None:
+            with report_lock:
+                on_artifact(data)
+
         def body(rank: int) -> None:
             ctx = WorkerContext(rank, world, transports[rank], self.transport.receive_timeout_s,
-                                cpus=self.cpus_per_worker, report=report)  # fmt: skip
+                                cpus=self.cpus_per_worker, report=report, deliver=deliver)  # fmt: skip
             try:
                 results[rank] = fn(ctx, iter(shards[rank]))
                 transports[rank].flush(self.transport.receive_timeout_s)
@@ -102,7 +110,8 @@ class LocalLauncher(Launcher):
             raise data_error(type(cause[1]).__name__, str(cause[1])) or _failure(*cause) from cause[1]
         return results
 
-    def _processes(self, fn: WorkerFn, shards: list, on_event: Callable[[dict], None]) -> list:
+    def _processes(self, fn: WorkerFn, shards: list, on_event: Callable[[dict], None],
+                   on_artifact: Callable[[bytes], None]) -> list:  # fmt: skip
         ctx = mp.get_context("spawn")  # grpc's threads do not survive fork
         world = len(shards)
         pipes, procs = [], []
@@ -127,6 +136,9 @@ class LocalLauncher(Launcher):
                     if tag == "event":
                         on_event(value)
                         continue
+                    if tag == "artifact":
+                        on_artifact(value)
+                        continue
                     outcomes[rank] = _check_tag(tag, value, "done", rank)
                     if outcomes[rank][0] == "error":
                         for r, other in enumerate(pipes):
@@ -146,7 +158,8 @@ class LocalLauncher(Launcher):
             real = [f for f in failed if f[1][1] != "TransportError"] or failed
             rank, (_, kind, text) = real[0]
             found = data_error(kind, text.split("\n", 1)[0])  # text: the message, then the traceback
-            raise found or WorkerFailedError(f"worker rank {rank} failed: {kind}: {text}")
+            raise found or WorkerFailedError(f"worker rank {rank} failed: {kind}: {text}", rank=rank,
+                                             cause=f"{kind}: {text.split(chr(10), 1)[0]}")  # fmt: skip
         return results
 
 
@@ -154,7 +167,7 @@ def _receive(pipe, rank: int):
     try:
         return pipe.recv()
     except EOFError:
-        raise WorkerFailedError(f"worker rank {rank} died (killed, or out of memory?)") from None
+        raise WorkerFailedError(f"worker rank {rank} died (killed, or out of memory?)", rank=rank) from None
 
 
 def _expect(pipe, what: str, rank: int):
@@ -163,7 +176,7 @@ def _expect(pipe, what: str, rank: int):
 
 def _check_tag(tag, value, what: str, rank: int):
     if tag == "crash":
-        raise WorkerFailedError(f"worker rank {rank} failed during start-up: {value}")
+        raise WorkerFailedError(f"worker rank {rank} failed during start-up: {value}", rank=rank)
     if tag != what:
         raise WorkerFailedError(f"worker rank {rank} sent {tag!r} where {what!r} was expected")
     return value
@@ -207,7 +220,11 @@ def _process_main(pipe, fn, rank, world, shard, config, cpus) -> None:  # runs i
             with send_lock:
                 pipe.send(("event", event))
 
-        ctx = WorkerContext(rank, world, transport, config.receive_timeout_s, cpus=cpus, report=report)
+        def deliver(data: bytes) -> None:
+            with send_lock:
+                pipe.send(("artifact", data))
+
+        ctx = WorkerContext(rank, world, transport, config.receive_timeout_s, cpus=cpus, report=report, deliver=deliver)
         result = fn(ctx, iter(shard))
         transport.flush(config.receive_timeout_s)
         ctx.barrier()

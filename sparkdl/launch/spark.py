@@ -37,13 +37,22 @@ class _Reporter:
             self._transport.connect(["", sink[0]], sink[1])
 
     def __call__(self, event: dict) -> None:
+        from sparkdl.transport.base import Kind
+
+        self._send(Kind.CONTROL, json.dumps(event).encode())
+
+    def deliver(self, data: bytes) -> None:
+        from sparkdl.transport.base import Kind
+
+        self._send(Kind.ARTIFACT, data)
+
+    def _send(self, kind, payload: bytes) -> None:
         if self._transport is None:
             return
-        from sparkdl.transport.base import Kind, UpdateMessage
+        from sparkdl.transport.base import UpdateMessage
 
         self._sequence += 1
-        payload = json.dumps(event).encode()
-        self._transport.send(1, UpdateMessage(Kind.CONTROL, self._sequence, 0, self._sequence, payload))
+        self._transport.send(1, UpdateMessage(kind, self._sequence, 0, self._sequence, payload))
 
     def close(self, timeout_s: float) -> None:
         if self._transport is not None:
@@ -54,12 +63,15 @@ class _Reporter:
 
 
 class _EventSink:
-    """A receive-only gRPC server on the driver; a thread hands rank 0's events to ``on_event`` as they come."""
+    """A receive-only gRPC server on the driver; a thread hands rank 0's events to ``on_event`` and its artifacts
+    (checkpoints) to ``on_artifact`` as they come, in the order rank 0 sent them."""
 
-    def __init__(self, host: str, on_event: Callable[[dict], None], config: TransportConfig) -> None:
+    def __init__(self, host: str, on_event: Callable[[dict], None] | None, on_artifact: Callable[[bytes], None] | None,
+                 config: TransportConfig) -> None:  # fmt: skip
         from sparkdl.transport.grpc import GrpcTransport
 
-        self._on_event = on_event
+        self._on_event = on_event or (lambda event: None)
+        self._on_artifact = on_artifact or (lambda data: None)
         self._transport = GrpcTransport(1, 2, host=host, max_message_bytes=config.max_message_bytes)
         self.address = self._transport.start()
         self.secret = secrets.token_hex(16)
@@ -75,9 +87,14 @@ class _EventSink:
 
     def _drain(self, timeout_s: float) -> int:
         msgs = self._transport.receive(timeout_s)
+        from sparkdl.transport.base import Kind
+
         for msg in sorted(msgs, key=lambda m: m.step):
             try:
-                self._on_event(json.loads(msg.payload))
+                if msg.kind == Kind.ARTIFACT:
+                    self._on_artifact(msg.payload)
+                else:
+                    self._on_event(json.loads(msg.payload))
             except BaseException as e:  # noqa: BLE001 - a listener's bug must not kill the launch
                 self.errors.append(e)
         return len(msgs)
@@ -120,7 +137,8 @@ def _barrier_task(rows, fn_blob: bytes, config: TransportConfig, sink: tuple[str
         gather = threading.Thread(target=exchange, args=(address,), name="sparkdl-allgather", daemon=True)
         gather.start()
         fn = cloudpickle.loads(fn_blob)  # its imports (torch, ...) run while the exchange waits
-        wctx = WorkerContext(rank, world, transport, config.receive_timeout_s, cpus=ctx.cpus(), report=reporter)
+        wctx = WorkerContext(rank, world, transport, config.receive_timeout_s, cpus=ctx.cpus(), report=reporter,
+                             deliver=reporter.deliver)  # fmt: skip
         result = fn(wctx, rows)
         gather.join()
         if gather_errors:
@@ -143,7 +161,8 @@ class SparkBarrierLauncher(Launcher):
             raise unavailable()
         self.transport = transport
 
-    def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None) -> list:
+    def run(self, fn: WorkerFn, data, on_event: Callable[[dict], None] | None = None,
+            on_artifact: Callable[[bytes], None] | None = None) -> list:
         """``data``: an RDD with one partition per rank. The barrier job runs on this thread, so it carries this
         thread's job group / description (``sparkdl.session.job_description``, local properties are per Python
         thread); the event sink's thread only hands events to ``on_event`` and starts no Spark job."""
@@ -157,8 +176,8 @@ class SparkBarrierLauncher(Launcher):
                 f"{slots} ({sc.defaultParallelism} cores / spark.task.cpus={task_cpus}): lower --workers or add executors"
             )
         sink = None
-        if on_event is not None:
-            sink = _EventSink(sc.getConf().get("spark.driver.host", "127.0.0.1"), on_event, self.transport)
+        if on_event is not None or on_artifact is not None:
+            sink = _EventSink(sc.getConf().get("spark.driver.host", "127.0.0.1"), on_event, on_artifact, self.transport)
         from pyspark import cloudpickle
 
         task = functools.partial(_barrier_task, fn_blob=cloudpickle.dumps(fn), config=self.transport,
@@ -182,12 +201,30 @@ def _stage_error(error: Exception) -> SparkDLError:
     if found is not None:
         return found
     text = str(error)
+    rank = _failed_rank(text)
     if "Python worker exited unexpectedly" in text:
-        task = re.search(r"barrier task ResultTask\(\d+, (\d+)\)", text)
-        who = f"worker rank {task[1]}" if task else "a worker"
+        who = f"worker rank {rank}" if rank is not None else "a worker"
         return WorkerFailedError(f"the barrier stage failed: {who} died (killed, or out of memory?) and Spark does "
-                                 "not retry a barrier stage: run it again")  # fmt: skip
-    return WorkerFailedError(f"the barrier stage failed: {cause}")
+                                 "not retry a barrier stage: run it again", rank=rank,
+                                 cause=f"{who} died (killed, or out of memory?)")  # fmt: skip
+    return WorkerFailedError(f"the barrier stage failed: {cause}", rank=rank, cause=cause)
+
+
+def spark_failure(error: Exception, context: str, epoch: int | None = None, step: int | None = None) -> SparkDLError:
+    """One line for a failed Spark job that is not a barrier stage (a round of the ``rounds`` execution): a
+    ``DataError`` a task raised as itself, anything else as ``WorkerFailedError`` with the last Python cause."""
+    cause = _python_cause(error)
+    name, _, message = cause.partition(": ")
+    found = data_error(name, message)
+    if found is not None:
+        return found
+    return WorkerFailedError(f"{context}: {cause}", epoch=epoch, step=step, cause=cause)
+
+
+def _failed_rank(text: str) -> int | None:
+    """The rank (barrier task partition) Spark names as the one that failed, if it does."""
+    task = re.search(r"barrier task ResultTask\(\d+, (\d+)\)", text)
+    return int(task[1]) if task else None
 
 
 def _python_cause(error: Exception) -> str:

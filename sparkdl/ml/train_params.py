@@ -89,6 +89,16 @@ class HasTrainingParams(HasSeed):
                                   "(0: off)", int_at_least("earlyStoppingPatience", 0))  # fmt: skip
     scoreEvery = param("scoreEvery", "report the training loss every N averaging rounds (0: per epoch only)",
                        int_at_least("scoreEvery", 0))  # fmt: skip
+    checkpointDir = param("checkpointDir", "where checkpoints go, any Hadoop URI ('': no checkpoints)",
+                          checked_string("checkpointDir", lambda s: None, "a path or Hadoop URI"))  # fmt: skip
+    checkpointEvery = param("checkpointEvery", "epochs between checkpoints (0: none)", int_at_least("checkpointEvery", 0))
+    keepCheckpoints = param("keepCheckpoints", "how many of the newest checkpoints to keep", int_at_least("keepCheckpoints", 1))
+    maxAttempts = param("maxAttempts", "launch a failed barrier stage again from the latest checkpoint, up to this many "
+                        "attempts in all", int_at_least("maxAttempts", 1))  # fmt: skip
+    minWorkers = param("minWorkers", "elastic: go on with as few as this many workers when task slots are lost (0: off)",
+                       int_at_least("minWorkers", 0))  # fmt: skip
+    resume = param("resume", "continue from the latest checkpoint in checkpointDir", boolean("resume"))
+    slotWait = param("slotWait", "after a failure, seconds to wait for lost task slots to come back", float_in("slotWait", 0.0))
     numClasses = param("numClasses", "classes (0: from the labels, max label + 1)", int_at_least("numClasses", 0))
 
     def __init__(self) -> None:

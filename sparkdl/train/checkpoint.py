@@ -21,19 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from sparkdl.errors import ConfigError, DataError
-from sparkdl.train.loop import Resume
 
 FORMAT = 1
 _NAME = re.compile(r"^epoch-(\d{6})\.ckpt$")
 # what a resumed fit may change: how it runs, not what it computes (epochs: a finished fit may go on for more)
 _FREE = ("epochs", "score_every", "run.transport", "run.checkpoint_dir", "run.checkpoint_every", "run.keep_checkpoints",
-         "run.max_attempts", "run.min_workers", "run.resume")  # fmt: skip
+         "run.max_attempts", "run.min_workers", "run.resume", "run.slot_wait_s")  # fmt: skip
 
 
 def _flatten(tree, prefix: str, arrays: dict[str, np.ndarray]):
     """``tree`` with every numpy array replaced by ``{"__array__": key}`` (the array stored under ``key``)."""
     if isinstance(tree, np.ndarray):
-        arrays[prefix] = np.ascontiguousarray(tree)
+        arrays[prefix] = tree if tree.flags.c_contiguous else tree.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
         return {"__array__": prefix}
     if isinstance(tree, dict):
         return {str(k): _flatten(v, f"{prefix}/{k}", arrays) for k, v in tree.items()}
@@ -69,6 +68,51 @@ def _fields(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Where a fit continues: after ``epoch`` epochs, from these states (``ranks[r]``: rank r's exchange state;
+    None or shorter than the world when ranks are new, e.g. after an elastic re-launch)."""
+
+    epoch: int
+    shared: dict
+    ranks: list[dict] | None
+    tracker: dict
+
+
+def pack_state(tree) -> bytes:
+    """A state (nested dicts / lists of numpy arrays and JSON values) as bytes: what a rank sends rank 0 for a
+    checkpoint. Safetensors + JSON, like the checkpoint itself: nothing is unpickled."""
+    from safetensors.numpy import save
+
+    arrays: dict[str, np.ndarray] = {}
+    meta = _flatten(tree, "s", arrays)
+    return save(arrays, metadata={"sparkdl": json.dumps(meta)})
+
+
+def unpack_state(data: bytes, source: str = "a rank's state"):
+    arrays, meta = _load(data, source)
+    return _unflatten(meta, arrays, source)
+
+
+def _load(data: bytes, source: str) -> tuple[dict[str, np.ndarray], object]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        arrays = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["sparkdl"])
+    except (SafetensorError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise DataError(f"{source} is not a sparkdl checkpoint ({type(e).__name__}): delete it to start over") from None
+    return arrays, meta
+
+
+def checkpoint_epoch(data: bytes) -> int:
+    """The epoch a checkpoint's bytes hold, from its header alone."""
+    header_len = int.from_bytes(data[:8], "little")
+    return int(json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["sparkdl"])["epoch"])
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     epoch: int  # epochs done: the fit continues with this one (0-based)
     config: dict  # TrainConfig.to_json()
@@ -78,32 +122,19 @@ class Checkpoint:
     tracker: dict  # EpochTracker.state_dict()
 
     def to_bytes(self) -> bytes:
-        from safetensors.numpy import save
-
-        arrays: dict[str, np.ndarray] = {}
-        meta = {"format": FORMAT, "epoch": self.epoch, "config": self.config, "layout": self.layout,
-                "shared": _flatten(self.shared, "shared", arrays), "ranks": _flatten(self.ranks, "ranks", arrays),
-                "tracker": _flatten(self.tracker, "tracker", arrays)}  # fmt: skip
-        return save(arrays, metadata={"sparkdl": json.dumps(meta)})
+        return pack_state({"format": FORMAT, "epoch": self.epoch, "config": self.config, "layout": self.layout,
+                           "shared": self.shared, "ranks": self.ranks, "tracker": self.tracker})  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str) -> "Checkpoint":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load
-
-        try:
-            arrays = load(data)
-            header_len = int.from_bytes(data[:8], "little")
-            meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["sparkdl"])
-        except (SafetensorError, ValueError, KeyError, TypeError, RecursionError) as e:
-            raise DataError(f"{source} is not a sparkdl checkpoint ({type(e).__name__}): delete it to start over") from None
+        arrays, meta = _load(data, source)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise DataError(f"{source} is a checkpoint of another format ({str(meta.get('format'))[:20] if isinstance(meta, dict) else '?'}"
                             f", this sparkdl reads {FORMAT}): delete it to start over")  # fmt: skip
         try:
-            return cls(int(meta["epoch"]), dict(meta["config"]), dict(meta["layout"]),
-                       _unflatten(meta["shared"], arrays, source), list(_unflatten(meta["ranks"], arrays, source)),
-                       _unflatten(meta["tracker"], arrays, source))  # fmt: skip
+            tree = _unflatten(meta, arrays, source)
+            return cls(int(tree["epoch"]), dict(tree["config"]), dict(tree["layout"]), dict(tree["shared"]),
+                       list(tree["ranks"]), dict(tree["tracker"]))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{source}: the checkpoint's metadata is incomplete ({e}): delete it to start over") from None
 
@@ -158,9 +189,11 @@ class CheckpointStore:
         return sorted(int(m[1]) for m in map(_NAME.match, names) if m)
 
     def write(self, checkpoint: Checkpoint) -> tuple[str, int]:
-        """Write ``checkpoint`` (complete or absent) and keep the last ``keep``; returns (its URI, bytes)."""
-        data = checkpoint.to_bytes()
-        name = f"epoch-{checkpoint.epoch:06d}.ckpt"
+        return self.write_bytes(checkpoint.epoch, checkpoint.to_bytes())
+
+    def write_bytes(self, epoch: int, data: bytes) -> tuple[str, int]:
+        """Write a checkpoint's bytes (complete or absent) and keep the last ``keep``; returns (its URI, bytes)."""
+        name = f"epoch-{epoch:06d}.ckpt"
         target = self._join(name)
         if self.local:
             os.makedirs(self.uri, exist_ok=True)
@@ -196,6 +229,13 @@ class CheckpointStore:
                 pass
         else:
             hadoopfs.delete(self.spark, target)
+
+    def clear(self) -> int:
+        """Remove every checkpoint (a fit starting over); returns how many there were."""
+        epochs = self.epochs()
+        for epoch in epochs:
+            self._delete(self._join(f"epoch-{epoch:06d}.ckpt"))
+        return len(epochs)
 
     def latest(self) -> tuple[Checkpoint, str] | None:
         """The newest complete checkpoint and its URI, or None."""

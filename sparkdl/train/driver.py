@@ -7,7 +7,10 @@ builds one from ``config.run`` once.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,11 +20,12 @@ from torch import nn
 
 from sparkdl.config import AveragingConfig, SharingConfig, TrainConfig
 from sparkdl.data.features import validate_features
-from sparkdl.errors import ConfigError, DataError, DivergedError, WorkerFailedError
+from sparkdl.errors import ConfigError, DataError, DivergedError, SparkDLError, WorkerFailedError
 from sparkdl.launch import build_launcher
 from sparkdl.model import HeadSpec
 from sparkdl.session import job_description
-from sparkdl.train.events import EpochEvent, TrainingListener, from_json, notify
+from sparkdl.train.checkpoint import Checkpoint, CheckpointStore, Resume, checkpoint_epoch
+from sparkdl.train.events import CheckpointEvent, EpochEvent, FailureEvent, RoundEvent, TrainingListener, from_json, notify
 from sparkdl.train.layout import build_shards, epoch_order, partition_starts, plan_partition
 from sparkdl.train.local import get_params, set_params
 from sparkdl.train.loop import LoopPlan, LoopResult, run_worker
@@ -74,7 +78,7 @@ def launch_description(master: str, epochs: int, workers: int, launcher) -> str:
     return f"{master}, {epochs} epoch{'s' * (epochs != 1)}, {workers} worker{'s' * (workers != 1)} ({how})"
 
 
-def run_launch(launcher, fn, shards, listeners: Sequence[TrainingListener]) -> list:
+def run_launch(launcher, fn, shards, listeners: Sequence[TrainingListener], on_artifact=None) -> list:
     """Run a barrier-style worker function: on Spark over the shards RDD, or on a local launcher over the collected
     shards; the typed events rank 0 reports reach ``listeners`` live. The Spark job runs on this thread: it carries
     the caller's ``job_description``."""
@@ -86,8 +90,8 @@ def run_launch(launcher, fn, shards, listeners: Sequence[TrainingListener]) -> l
             notify(listeners, event)
 
     if isinstance(launcher, SparkBarrierLauncher):
-        return launcher.run(fn, shards, on_event=dispatch)
-    return launcher.run(fn, shards.glom().collect(), on_event=dispatch)
+        return launcher.run(fn, shards, on_event=dispatch, on_artifact=on_artifact)
+    return launcher.run(fn, shards.glom().collect(), on_event=dispatch, on_artifact=on_artifact)
 
 
 class TrainingMaster:
@@ -107,63 +111,204 @@ class TrainingMaster:
     def fit(self, features, head: nn.Module, n_classes: int | None = None,
             listeners: Sequence[TrainingListener] = ()) -> TrainResult:  # fmt: skip
         """``n_classes`` defaults to the head's output size (``head_classes``)."""
-        from pyspark.sql import functions as F
-
-        cfg = self.config
+        cfg, run = self.config, self.config.run
         n_classes = head_classes(head, n_classes)
         start = time.perf_counter()
-        barrier = cfg.run.execution == "barrier"
-        launcher = (self.launcher or build_launcher(cfg.run)) if barrier else None  # refuses a bad transport first
-        info, shards = lay_out(features, cfg.run.workers, n_classes, with_valid=barrier)
-        dim = info["feature_dim"]
-        steps = steps_per_epoch(info["train"], cfg.run.workers, cfg.rows_per_step)
-        prepare_seconds = time.perf_counter() - start
+        barrier = run.execution == "barrier"
+        launcher = (self.launcher or build_launcher(run)) if barrier else None  # refuses a bad transport first
         spark = features.sparkSession
+        if run.resume and not run.checkpoint_dir:
+            raise ConfigError("--resume needs a checkpoint directory to resume from (--checkpoint-dir)")
+        store = CheckpointStore(run.checkpoint_dir, run.keep_checkpoints, spark) if run.checkpoint_dir else None
+        fit = _Fit(cfg, features, head, n_classes, listeners, launcher, store)
         try:
-            if barrier:
-                with job_description(spark, "train", launch_description(cfg.master, cfg.epochs, cfg.run.workers, launcher)):
-                    result = self._fit_barrier(launcher, shards, head, dim, n_classes, steps, listeners)
-            else:
-                from sparkdl.train.rounds import fit_rounds
-
-                valid = features.filter(F.col("split") == "valid").select("path", "label_index", "features")
-                tracker, final, stats = fit_rounds(cfg, spark, shards, valid, head, dim, n_classes, bool(info["valid"]),
-                                                   steps, listeners)  # fmt: skip
-                set_params(head, tracker.best_params)
-                result = TrainResult(head, tracker.best_epoch, tracker.history, stats, 0.0, final)
+            fit.lay_out(run.workers)
+            resume = fit.resume_from_store() if run.resume else None
+            prepare_seconds = time.perf_counter() - start
+            result = fit.run_attempts(resume)
         finally:
-            shards.unpersist()
+            fit.release()
         result.seconds = time.perf_counter() - start
         result.stats.update(
             prepare_seconds=prepare_seconds,
-            steps_per_epoch=steps,
+            steps_per_epoch=fit.steps,
             examples_per_second=result.stats["examples"] / result.seconds if result.seconds > 0 else 0.0,
-            execution=cfg.run.execution,
+            execution=run.execution,
+            **fit.record(),
         )
         return result
 
-    def _fit_barrier(self, launcher, shards, head, dim: int, n_classes: int, steps: int, listeners) -> TrainResult:
+
+class _Fit:
+    """One ``fit`` call: the shards, checkpoints and attempts (a failed barrier stage is launched again from the
+    latest checkpoint, on fewer workers when the fit is elastic and slots were lost)."""
+
+    def __init__(self, config: TrainConfig, features, head, n_classes: int, listeners, launcher, store) -> None:
+        self.config, self.features, self.head, self.n_classes = config, features, head, n_classes
+        self.listeners, self.launcher, self.store = list(listeners), launcher, store
+        self.spark = features.sparkSession
+        self.shards = None
+        self.failures: list[dict] = []
+        self.checkpoints: list[dict] = []
+        self.checkpoint_errors: list[str] = []
+        self.resumed_from: int | None = None
+        self.start: Resume | None = None  # where this fit began (--resume), the fallback of a re-launch
+        self.last_checkpoint: bytes | None = None  # the newest checkpoint this fit wrote
+        self.attempts = 0
+        self.last_round: RoundEvent | None = None
+        self.listeners.insert(0, self._Watch(self))  # first: it sees the round a listener fails on
+
+    class _Watch(TrainingListener):
+        """Keeps the last round seen: where a failed attempt was."""
+
+        def __init__(self, fit: "_Fit") -> None:
+            self.fit = fit
+
+        def on_round(self, event: RoundEvent) -> None:
+            self.fit.last_round = event
+
+    # ------------------------------------------------------------------------------------------------ layout
+    def lay_out(self, workers: int) -> None:
         cfg = self.config
-        plan = LoopPlan(cfg, HeadSpec(cfg.head, dim, n_classes, get_params(head)), dim, steps)
-        outs: list[LoopResult] = run_launch(launcher, functools.partial(run_worker, plan=plan), shards, listeners)
+        self.release()
+        self.workers = workers
+        self.info, self.shards = lay_out(self.features, workers, self.n_classes, with_valid=cfg.run.execution == "barrier")
+        self.dim = self.info["feature_dim"]
+        self.steps = steps_per_epoch(self.info["train"], workers, cfg.rows_per_step)
+        counts = json.dumps(self.info["per_partition"], sort_keys=True).encode()
+        self.layout = {"train_rows": self.info["train"], "valid_rows": self.info["valid"], "feature_dim": self.dim,
+                       "n_classes": self.n_classes, "workers": workers,
+                       "partitions": hashlib.sha256(counts).hexdigest()[:16]}  # fmt: skip
+
+    def release(self) -> None:
+        if self.shards is not None:
+            self.shards.unpersist()
+            self.shards = None
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def resume_from_store(self) -> Resume | None:
+        """``--resume``: the latest checkpoint, checked against this fit's settings and layout; None (a fresh start)
+        when the directory holds none yet, so a job re-submitted with --resume after any interruption is right."""
+        found = self.store.latest()
+        if found is None:
+            return None
+        checkpoint, uri = found
+        checkpoint.check_compatible(self.config.to_json(), self.layout, self.config.run.elastic, uri)
+        self.resumed_from = checkpoint.epoch
+        self.start = checkpoint.resume(self.workers)
+        return self.start
+
+    def latest(self) -> Resume | None:
+        """Where a re-launch starts: the newest checkpoint this fit wrote (never one of another run left in the
+        directory), else where the fit began."""
+        if self.last_checkpoint is not None:
+            return Checkpoint.from_bytes(self.last_checkpoint, "the latest checkpoint").resume(self.workers)
+        if self.start is not None and self.start.ranks is not None and len(self.start.ranks) != self.workers:
+            return Resume(self.start.epoch, self.start.shared, None, self.start.tracker)
+        return self.start
+
+    def save(self, data: bytes) -> None:
+        """A checkpoint from rank 0 (or the rounds loop): written now, on the driver, while training goes on."""
+        t0 = time.perf_counter()
+        epoch = checkpoint_epoch(data)
+        try:
+            uri, size = self.store.write_bytes(epoch, data)
+        except SparkDLError as e:  # the fit goes on; the failure is in the stats and on the progress lines
+            self.checkpoint_errors.append(str(e))
+            return
+        self.last_checkpoint = data
+        event = CheckpointEvent(epoch=epoch, uri=uri, bytes=size, seconds=time.perf_counter() - t0)
+        self.checkpoints.append({"epoch": epoch, "bytes": size, "seconds": round(event.seconds, 4)})
+        notify(self.listeners, event)
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.config.run.checkpoint_every if self.store is not None else 0
+
+    # ---------------------------------------------------------------------------------------------- attempts
+    def run_attempts(self, resume: Resume | None) -> TrainResult:
+        run = self.config.run
+        while True:
+            self.attempts += 1
+            self.last_round = None
+            try:
+                if run.execution == "barrier":
+                    return self._barrier(resume)
+                return self._rounds(resume)
+            except WorkerFailedError as e:
+                resume = self._after_failure(e)
+
+    def _after_failure(self, error: WorkerFailedError) -> Resume | None:
+        """Record the failure; raise when attempts are spent or too few slots are left; else where to go on."""
+        run = self.config.run
+        where = self.last_round
+        epoch = error.epoch if error.epoch is not None else (where.epoch if where is not None else None)
+        step = error.step if error.step is not None else (where.round if where is not None else None)
+        failure = {"attempt": self.attempts, "rank": error.rank, "epoch": epoch, "step": step, "cause": error.cause}
+        detail = WorkerFailedError(_failure_text(failure), error.rank, epoch, step, error.cause)
+        if self.attempts >= run.max_attempts:
+            self._fail(failure, None)
+            raise WorkerFailedError(f"training failed {self.attempts} time(s), --max-attempts {run.max_attempts}: "
+                                    f"{detail}", error.rank, epoch, step, error.cause) from error  # fmt: skip
+        if run.execution == "barrier":
+            self._wait_for_slots()
+        resume = self.latest()
+        self._fail(failure, resume.epoch if resume is not None else 0)
+        return resume
+
+    def _fail(self, failure: dict, resume_epoch: int | None) -> None:
+        self.failures.append({**failure, "resume_epoch": resume_epoch, "workers_after": self.workers})
+        notify(self.listeners, FailureEvent(attempt=failure["attempt"], cause=failure["cause"], rank=failure["rank"],
+                                            epoch=failure["epoch"], resume_epoch=resume_epoch))  # fmt: skip
+
+    def _wait_for_slots(self) -> None:
+        """Before a re-launch: wait (``slot_wait_s``) for the task slots a lost executor took; an elastic fit goes
+        on with what there is (at least ``min_workers``, the shards dealt again), any other one fails."""
+        run = self.config.run
+        deadline = time.monotonic() + run.slot_wait_s
+        slots = task_slots(self.spark.sparkContext)
+        while slots < self.workers and time.monotonic() < deadline:
+            time.sleep(1.0)
+            slots = task_slots(self.spark.sparkContext)
+        if slots >= self.workers:
+            return
+        if run.elastic and slots >= run.min_workers:
+            self.lay_out(slots)  # the averaged state carries over; sharing's residuals of the lost ranks are dropped
+            return
+        need = f"at least --min-workers {run.min_workers}" if run.elastic else f"{self.workers} (--workers; --min-workers lets a fit go on with fewer)"
+        raise WorkerFailedError(f"only {slots} task slot(s) left after a failure, {need} needed: add executors and "
+                                "run again with --resume")  # fmt: skip
+
+    # ---------------------------------------------------------------------------------------------- executions
+    def _plan(self, resume: Resume | None) -> LoopPlan:
+        cfg = self.config
+        if self.workers != cfg.run.workers:
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, workers=self.workers))
+        spec = HeadSpec(cfg.head, self.dim, self.n_classes, get_params(self.head))
+        return LoopPlan(cfg, spec, self.dim, self.steps, resume, self.checkpoint_every, self.layout)
+
+    def _barrier(self, resume: Resume | None) -> TrainResult:
+        cfg, plan = self.config, self._plan(resume)
+        with job_description(self.spark, "train", launch_description(cfg.master, cfg.epochs, self.workers, self.launcher)):
+            outs: list[LoopResult] = run_launch(self.launcher, functools.partial(run_worker, plan=plan), self.shards,
+                                                self.listeners, self.save if plan.checkpoint_every else None)  # fmt: skip
         lead = outs[0]
         if lead.diverged:
             raise DivergedError(lead.diverged)
         identical = len({o.digest for o in outs}) == 1
         synchronous = isinstance(cfg.algorithm, AveragingConfig) or cfg.algorithm.staleness == 0
         if synchronous and not identical:  # every rank applies the same bits in the same order: anything else is a bug
-            raise WorkerFailedError(f"synchronous {cfg.master} ended with different parameters on different workers "
-                                    f"({len({o.digest for o in outs})} distinct): a bug, please report it")  # fmt: skip
-        set_params(head, lead.best_params)
+            raise SparkDLError(f"synchronous {cfg.master} ended with different parameters on different workers "
+                               f"({len({o.digest for o in outs})} distinct): a bug, please report it")  # fmt: skip
+        set_params(self.head, lead.best_params)
         history = lead.history
-        examples = sum(h.examples for h in history)
         param_bytes = sum(v.nbytes for v in lead.final_params.values())
         stats = {
-            "examples": examples,
-            "iterations": len(history) * steps,
+            "examples": sum(h.examples for h in history),
+            "iterations": len(history) * self.steps,
             "bytes_between_workers": sum(o.transport["bytes_sent"] for o in outs),
             "transport_rejected": sum(o.transport["rejected"] for o in outs),  # refused calls: wrong secret, probes
-            "bytes_driver_to_workers": param_bytes * cfg.run.workers,  # the initial head, in the stage's closure
+            "bytes_driver_to_workers": param_bytes * self.workers,  # the initial head, in the stage's closure
             "bytes_workers_to_driver": 2 * param_bytes,  # rank 0's final and best parameters
             "ranks_identical": identical,
         }
@@ -171,7 +316,45 @@ class TrainingMaster:
             stats.update(_sharing_stats(outs))
         else:
             stats.update(allreduce_payload_bytes=lead.stats["payload_bytes"], worker_fit_seconds=None)
-        return TrainResult(head, lead.best_epoch, history, stats, 0.0, lead.final_params)
+        return TrainResult(self.head, lead.best_epoch, history, stats, 0.0, lead.final_params)
+
+    def _rounds(self, resume: Resume | None) -> TrainResult:
+        from pyspark.sql import functions as F
+
+        from sparkdl.train.rounds import fit_rounds
+
+        valid = self.features.filter(F.col("split") == "valid").select("path", "label_index", "features")
+        tracker, final, stats = fit_rounds(self._plan(resume), self.spark, self.shards, valid, self.head,
+                                           bool(self.info["valid"]), self.listeners,
+                                           self.save if self.checkpoint_every else None)  # fmt: skip
+        set_params(self.head, tracker.best_params)
+        return TrainResult(self.head, tracker.best_epoch, tracker.history, stats, 0.0, final)
+
+    def record(self) -> dict:
+        """What metrics.json and the summary say about attempts, failures and checkpoints."""
+        return {"attempts": self.attempts, "failures": self.failures, "resumed_from_epoch": self.resumed_from,
+                "workers_final": self.workers, "checkpoints_written": len(self.checkpoints),
+                "checkpoint_seconds": round(sum(c["seconds"] for c in self.checkpoints), 4),
+                "checkpoint_bytes": self.checkpoints[-1]["bytes"] if self.checkpoints else 0,
+                "checkpoint_errors": self.checkpoint_errors}  # fmt: skip
+
+
+def _failure_text(failure: dict) -> str:
+    who = f"worker rank {failure['rank']}" if failure["rank"] is not None else "a worker"
+    where = ""
+    if failure["epoch"] is not None:
+        where = f" in epoch {failure['epoch'] + 1}" + (f", step {failure['step'] + 1}" if failure["step"] is not None else "")
+    return f"{who} failed{where}: {failure['cause']}"
+
+
+def task_slots(sc) -> int:
+    """Barrier tasks this application can run at once now (Spark's own count, which drops when an executor is lost;
+    ``defaultParallelism / spark.task.cpus`` where it cannot be asked)."""
+    try:
+        jsc = sc._jsc.sc()
+        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:  # noqa: BLE001 - a Spark without the method: the conf-based estimate
+        return sc.defaultParallelism // max(1, int(sc.getConf().get("spark.task.cpus", "1")))
 
 
 def _sharing_stats(outs: list[LoopResult]) -> dict:

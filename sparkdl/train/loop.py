@@ -19,19 +19,9 @@ from sparkdl.evaluate import Metrics, partial_counts
 from sparkdl.model import HeadSpec, predict_logits
 from sparkdl.train.events import EpochEvent, RoundEvent, to_json
 from sparkdl.train.exchange import build_exchange
+from sparkdl.train.checkpoint import Checkpoint, Resume, pack_state, unpack_state
 from sparkdl.train.layout import epoch_order, load_shard, round_rows, round_seed
 from sparkdl.train.tracker import EpochTracker
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Where a fit continues: after ``epoch`` epochs, from these states (``ranks[r]``: rank r's exchange state;
-    None or shorter than the world when ranks are new, e.g. after an elastic re-launch)."""
-
-    epoch: int
-    shared: dict
-    ranks: list[dict] | None
-    tracker: dict
 
 
 @dataclass(frozen=True)
@@ -43,6 +33,8 @@ class LoopPlan:
     dim: int
     steps_per_epoch: int
     resume: Resume | None = None
+    checkpoint_every: int = 0  # epochs; 0: none (rank 0 delivers each checkpoint to the driver, which writes it)
+    layout: dict = field(default_factory=dict)  # the shard layout's identity, recorded in checkpoints
 
 
 @dataclass
@@ -130,9 +122,21 @@ class WorkerLoop:
                                        exchange.params, **extra)  # fmt: skip
             if rank == 0:
                 ctx.report(to_json(record))
+            if plan.checkpoint_every and (epoch + 1) % plan.checkpoint_every == 0:
+                self._checkpoint(epoch + 1)
             if tracker.should_stop:
                 break
         return self._result()
+
+    def _checkpoint(self, epochs_done: int) -> None:
+        """Every rank's own state gathered on rank 0, which adds the shared state and the tracker and hands the
+        checkpoint to the driver (``ctx.deliver``); the other ranks go on at once."""
+        states = self.comm.gather(pack_state(self.exchange.rank_state()))
+        if states is None:
+            return
+        checkpoint = Checkpoint(epochs_done, self.config.to_json(), self.plan.layout, self.exchange.shared_state(),
+                                [unpack_state(s) for s in states], self.tracker.state_dict())  # fmt: skip
+        self.ctx.deliver(checkpoint.to_bytes())
 
     def _result(self) -> LoopResult:
         final = self.exchange.params()

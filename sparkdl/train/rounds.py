@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -18,9 +18,11 @@ from sparkdl.evaluate import evaluate_head
 from sparkdl.model import HeadSpec
 from sparkdl.session import job_description
 from sparkdl.train.events import RoundEvent, TrainingListener, notify
+from sparkdl.train.checkpoint import Checkpoint
 from sparkdl.train.exchange.averaging import average, fit_round
 from sparkdl.train.layout import epoch_order, load_shard, round_rows, round_seed
 from sparkdl.train.local import get_params
+from sparkdl.train.loop import LoopPlan
 from sparkdl.train.tracker import EpochTracker
 
 
@@ -72,26 +74,41 @@ def _fit_partition(elements, state_bc, round_index: int):
            "minibatches": stats.minibatches, "fit_seconds_max": stats.seconds, "workers": 1}  # fmt: skip
 
 
-def _run_round(shards, r: int, state_bc, workers: int, depth: int) -> dict:
+def _run_round(shards, r: int, state_bc, workers: int, depth: int, epoch: int) -> dict:
     payloads = shards.mapPartitions(functools.partial(_fit_partition, state_bc=state_bc, round_index=r))
-    if tree_levels(workers, depth) == 0:
-        return functools.reduce(sum_payloads, payloads.collect())
-    return payloads.treeReduce(sum_payloads, depth=depth)
+    try:
+        if tree_levels(workers, depth) == 0:
+            return functools.reduce(sum_payloads, payloads.collect())
+        return payloads.treeReduce(sum_payloads, depth=depth)
+    except Exception as e:  # Spark gave up on a task (after spark.task.maxFailures): the round is lost
+        from sparkdl.launch.spark import spark_failure
+
+        raise spark_failure(e, f"round {r + 1} of epoch {epoch + 1} failed", epoch=epoch, step=r) from e
 
 
-def fit_rounds(config, spark, shards, valid, head, dim: int, n_classes: int, has_valid: bool, rounds_per_epoch: int,
-               listeners: Sequence[TrainingListener]):  # fmt: skip
-    """The whole fit, one Spark job per round, each described ``sparkdl train: epoch 3/10, round 5/8``. Returns
-    (tracker, final parameters, stats)."""
-    cfg, algo = config, config.algorithm
+def fit_rounds(plan: LoopPlan, spark, shards, valid, head, has_valid: bool, listeners: Sequence[TrainingListener],
+               save: Callable[[bytes], None] | None = None):  # fmt: skip
+    """The whole fit, one Spark job per round, each described ``sparkdl train: epoch 3/10, round 5/8``; from
+    ``plan.resume`` when given, handing a checkpoint to ``save`` every ``plan.checkpoint_every`` epochs. A failed
+    round job (after Spark's own task retries) raises ``WorkerFailedError``. Returns (tracker, final parameters,
+    stats)."""
+    cfg, algo = plan.config, plan.config.algorithm
+    dim, n_classes, rounds_per_epoch = plan.dim, plan.head.n_classes, plan.steps_per_epoch
     sc = shards.context
     params = get_params(head)
     opt_state: dict[str, np.ndarray] = {}
     tracker = EpochTracker(cfg)
+    start_epoch = 0
+    if plan.resume is not None:
+        params = dict(plan.resume.shared["params"])
+        opt_state = dict(plan.resume.shared["opt_state"])
+        tracker.load_state_dict(plan.resume.tracker)
+        start_epoch = plan.resume.epoch
     bytes_each_way = 0  # parameters (+ optimizer state) out to every worker and back, per round
-    iteration = examples_total = 0
+    iteration = start_epoch * rounds_per_epoch
+    examples_total = 0
     fit_seconds = 0.0
-    for epoch in range(cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
         loss_sum, examples = 0.0, 0
         for r in range(rounds_per_epoch):
@@ -109,7 +126,7 @@ def fit_rounds(config, spark, shards, valid, head, dim: int, n_classes: int, has
             state_bc = sc.broadcast(state)
             t1 = time.perf_counter()
             with job_description(spark, "train", f"epoch {epoch + 1}/{cfg.epochs}, round {r + 1}/{rounds_per_epoch}"):
-                summed = _run_round(shards, r, state_bc, cfg.run.workers, cfg.run.aggregation_depth)
+                summed = _run_round(shards, r, state_bc, cfg.run.workers, cfg.run.aggregation_depth, epoch)
             t2 = time.perf_counter()
             k = summed["workers"]
             params = average(summed["params"], k)
@@ -140,6 +157,9 @@ def fit_rounds(config, spark, shards, valid, head, dim: int, n_classes: int, has
         record = tracker.end_epoch(epoch, loss_sum, examples, time.perf_counter() - epoch_start, valid_metrics,
                                    lambda: params)  # fmt: skip
         notify(listeners, record)
+        if save is not None and plan.checkpoint_every and (epoch + 1) % plan.checkpoint_every == 0:
+            save(Checkpoint(epoch + 1, cfg.to_json(), plan.layout, {"params": params, "opt_state": opt_state}, [],
+                            tracker.state_dict()).to_bytes())  # fmt: skip
         if tracker.should_stop:
             break
     stats = {

@@ -1,6 +1,7 @@
 """The train and evaluate stages: features table -> model bundle -> metrics."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -10,7 +11,7 @@ from typing import Callable
 
 from sparkdl.bundle import ModelBundle, load_bundle, save_bundle
 from sparkdl.config import TrainConfig
-from sparkdl.data import outputs, tables
+from sparkdl.data import hadoopfs, outputs, tables
 from sparkdl.data.features import (LabelGroup, derive_labels, label_clashes, label_groups, label_warnings,
                                    read_features, validate_features)  # fmt: skip
 from sparkdl.errors import DataError
@@ -20,6 +21,7 @@ from sparkdl.featurize.carry import carry_backbone
 from sparkdl.session import job_description
 from sparkdl.model import HeadSpec, build_head
 from sparkdl.train.listeners import EventLog, ScoreListener, StatsCollector
+from sparkdl.train.checkpoint import CheckpointStore
 from sparkdl.train.driver import build_master
 
 Progress = Callable[[str], None]
@@ -35,6 +37,10 @@ class TrainSummary:
     examples_per_second: float
     metrics: dict  # split -> headline metrics
     warnings: list[str] = field(default_factory=list)  # trained, but probably not what was meant (one class, ...)
+    attempts: int = 1  # launches of the fit (a failed barrier stage is launched again from the latest checkpoint)
+    failures: list[dict] = field(default_factory=list)  # per failed attempt: rank, epoch, step, cause, resume_epoch
+    resumed_from_epoch: int | None = None  # --resume: the epochs the checkpoint had done
+    workers: int = 0  # the workers the fit ended with (fewer than --workers after an elastic re-launch)
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
         if table.source == "derived":
             say(f"train: {features_uri} has no meta.json: {len(labels)} labels derived from its rows")
         backbone, attachments = _carried_backbone(spark, meta, embed_backbone, scratch, say)
+        config = _checkpointing(spark, config, out, features_uri, overwrite, say)
     head = build_head(config.head, dim, len(labels), seed=config.seed)
     events, stats = EventLog(), StatsCollector()
     say(
@@ -173,7 +180,32 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
         examples_per_second=result.stats.get("examples_per_second", 0.0),
         metrics={s: m.summary() for s, m in per_split.items()},
         warnings=warnings,
+        attempts=result.stats["attempts"],
+        failures=result.stats["failures"],
+        resumed_from_epoch=result.stats["resumed_from_epoch"],
+        workers=result.stats["workers_final"],
     )
+
+
+def _checkpointing(spark, config: TrainConfig, out: str, features_uri: str, overwrite: bool, say: Progress) -> TrainConfig:
+    """The config with its checkpoint directory (default ``<output>.checkpoints``), checked before training: not
+    inside the features table or the model directory, writable. Checkpoints an earlier fit left there are continued
+    with ``--resume``, removed with ``--overwrite`` (starting over), else refused: a fresh fit must not take an
+    unrelated run's checkpoint for its own."""
+    run = config.run
+    if not run.checkpoint_every and not run.resume:
+        return config
+    uri = run.checkpoint_dir or f"{out.rstrip('/')}.checkpoints"
+    outputs.check_disjoint(spark, "train", outputs.table_places("features table", features_uri)
+                           + [outputs.Place("model directory", out)], [outputs.Place("checkpoint directory", uri)])  # fmt: skip
+    hadoopfs.check_writable(spark, uri, "checkpoint directory", overwrite=True)
+    store = CheckpointStore(uri, run.keep_checkpoints, spark)
+    if not run.resume and store.epochs():
+        if not overwrite:
+            raise DataError(f"{uri} holds checkpoints of an earlier fit: pass --resume to continue it, or --overwrite "
+                            "to start over (they are removed)")  # fmt: skip
+        say(f"train: removed {store.clear()} checkpoint(s) of an earlier fit from {uri} (--overwrite)")
+    return dataclasses.replace(config, run=dataclasses.replace(run, checkpoint_dir=uri))
 
 
 def _carried_backbone(spark, meta: dict | None, embed: bool, scratch: Path, say: Progress) -> tuple[dict, dict]:

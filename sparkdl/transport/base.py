@@ -36,6 +36,7 @@ class Kind(enum.IntEnum):
     BROADCAST = 3  # a result travelling down the tree (allreduce)
     CONTROL = 4  # small protocol values (thresholds, stop flags)
     GATHER = 5  # per-rank payloads travelling up the tree to rank 0 (checkpoints)
+    ARTIFACT = 6  # bytes for the launching side (a checkpoint rank 0 hands the driver)
 
 
 @dataclass(frozen=True)

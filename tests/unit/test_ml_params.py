@@ -12,7 +12,8 @@ from pyspark.ml import Estimator
 
 from sparkdl.cli.options import add_train_args, train_config
 from sparkdl.config import (
-    EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, AveragingConfig, HeadConfig, SharingConfig, ThresholdConfig, TrainConfig,
+    EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, AveragingConfig, HeadConfig, RunConfig, SharingConfig, ThresholdConfig,
+    TrainConfig,
 )  # fmt: skip
 from sparkdl.errors import ConfigError
 from sparkdl.ml.train_params import TRAINING_PARAM_NAMES, HasTrainingParams, training_defaults
@@ -42,6 +43,13 @@ CLI_TO_PARAM = {
     "early_stopping_patience": "earlyStoppingPatience",
     "seed": "seed",
     "score_every": "scoreEvery",
+    "checkpoint_dir": "checkpointDir",
+    "checkpoint_every": "checkpointEvery",
+    "keep_checkpoints": "keepCheckpoints",
+    "max_attempts": "maxAttempts",
+    "min_workers": "minWorkers",
+    "resume": "resume",
+    "slot_wait": "slotWait",
 }
 PARAM_ONLY = {"weightDecay", "numClasses"}  # no CLI option: the CLI never sets weight decay; it counts classes itself
 
@@ -227,6 +235,13 @@ NON_DEFAULT = {
     "earlyStoppingPatience": 2,
     "seed": 7,
     "scoreEvery": 3,
+    "checkpointDir": "hdfs://nn/ck",
+    "checkpointEvery": 2,
+    "keepCheckpoints": 3,
+    "maxAttempts": 5,
+    "minWorkers": 2,
+    "resume": True,
+    "slotWait": 5.0,
     "numClasses": 5,
 }
 
@@ -245,6 +260,9 @@ def test_every_param_reaches_the_trainconfig():
     assert cfg.head == HeadConfig(kind="mlp", hidden=(16, 8), dropout=0.25)
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == ("sgd", 0.05, 0.5, 1e-4)
     assert (cfg.early_stopping_patience, cfg.seed, cfg.score_every) == (2, 7, 3)
+    assert cfg.run == RunConfig(workers=3, execution="barrier", transport=cfg.run.transport, tree_fanout=4,
+                                aggregation_depth=3, checkpoint_dir="hdfs://nn/ck", checkpoint_every=2, keep_checkpoints=3,
+                                max_attempts=5, min_workers=2, resume=True, slot_wait_s=5.0)  # fmt: skip
     cfg = t.setMaster("averaging").setExecution("rounds").trainConfig()  # the averaging Params reach an averaging config
     assert cfg.algorithm == AveragingConfig(frequency=2, average_updater_state=False) and cfg.run.execution == "rounds"
     assert t.getNumClasses() == 5  # not a TrainConfig field: the estimator's own

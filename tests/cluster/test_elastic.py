@@ -1,0 +1,123 @@
+"""Elastic training on a real standalone cluster: three Workers of one core each, ``sparkdl train --workers 3
+--min-workers 2``; after the second checkpoint one Worker process is killed (its executor goes with it). The driver
+re-launches from the checkpoint on the two slots left, the shards dealt again, and the fit finishes within a point
+of a clean three-worker run."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from cluster_services import free_port, spark_bin
+from datagen import make_features_table
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+DIM, CLASSES = 32, 5
+ARGS = ["--workers", "3", "--epochs", "8", "--batch-size-per-worker", "16", "--head", "mlp:64", "--lr", "0.02",
+        "--seed", "5"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def three_workers(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("elastic-logs")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_WORKER_DIR": str(logs / "work")}  # fmt: skip
+    env.pop("HADOOP_CONF_DIR", None)
+    port, ui = free_port(), free_port()
+    url = f"spark://127.0.0.1:{port}"
+    master = subprocess.Popen([spark_bin("spark-class"), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(port), "--webui-port", str(ui)],
+                              env=env, stdout=open(logs / "master.log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
+    workers = []
+    try:
+        for i in range(3):
+            workers.append(subprocess.Popen(
+                [spark_bin("spark-class"), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
+                 "--memory", "1g", "--webui-port", str(free_port()), url],
+                env=env, stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if json.load(urllib.request.urlopen(f"http://127.0.0.1:{ui}/json", timeout=2)).get("aliveworkers", 0) >= 3:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standalone cluster did not come up; logs in {logs}")
+            time.sleep(1)
+        yield {"url": url, "env": env, "workers": workers}
+    finally:
+        for p in [*workers, master]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*workers, master]:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture(scope="module")
+def features(spark, tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("elastic") / "features.parquet")
+    make_features_table(spark, uri, n=0, dim=DIM, n_classes=CLASSES, seed=11, noise=1.5,
+                        split_counts={"train": 3000, "valid": 400, "test": 400})  # fmt: skip
+    return uri
+
+
+def test_losing_a_worker_goes_on_with_the_slots_left(spark, three_workers, features, tmp_path):
+    from sparkdl.cli import build_parser
+    from sparkdl.cli.options import train_config
+    from sparkdl.evaluate import evaluate_head
+    from sparkdl.launch.local import LocalLauncher
+    from sparkdl.model import HeadSpec, build_head
+    from sparkdl.train.driver import build_master
+
+    out = tmp_path / "model"
+    cmd = [sys.executable, "-m", "sparkdl.cli", "train", "--features", features, "--output", str(out),
+           "--spark-master", three_workers["url"], "--min-workers", "2", "--slot-wait", "5", *ARGS]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=three_workers["env"])
+    lines: list[str] = []
+    killed: list[int] = []
+
+    def watch() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if not killed and re.search(r"train: checkpoint after epoch 2\b", line):
+                victim = three_workers["workers"][0]
+                os.kill(victim.pid, signal.SIGKILL)
+                killed.append(victim.pid)
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    tail = "".join(lines[-40:])
+    assert proc.returncode == 0 and killed, tail
+    metrics = json.loads((out / "metrics.json").read_text())
+    [failure] = metrics["failures"]
+    assert failure["resume_epoch"] == 2 and failure["workers_after"] == 2, metrics["failures"]
+    assert metrics["workers_final"] == 2 and metrics["attempts"] == 2 and metrics["epochs_run"] == 8
+
+    # a clean three-worker run of the same options (same math, in-process ranks)
+    args = build_parser().parse_args(["train", "--features", features, "--output", str(tmp_path / "clean"), *ARGS])
+    cfg = train_config(args)
+    df = spark.read.parquet(features)
+    result = build_master(cfg, LocalLauncher()).fit(df, build_head(cfg.head, DIM, CLASSES, seed=cfg.seed), CLASSES)
+    spec = HeadSpec.from_module(cfg.head, DIM, CLASSES, result.head)
+    clean = evaluate_head(df.filter("split = 'test'"), spec, CLASSES).accuracy
+    assert abs(metrics["test"]["accuracy"] - clean) <= 0.01, (metrics["test"]["accuracy"], clean)
