@@ -171,13 +171,13 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int | None = None) -> Non
                    f"checkpoint, up to this many attempts in all (default {d['maxAttempts']})")  # fmt: skip
     p.add_argument("--min-workers", type=positive_int, default=d["minWorkers"] or None,
                    help="elastic: when task slots are lost, go on with as few as this many workers (the shards dealt "
-                   "again; sharing drops the lost ranks' residuals) (default: off, a fit needs all --workers)")  # fmt: skip
+                   "again; sharing drops the lost ranks' residuals) (default off: a fit needs all --workers)")  # fmt: skip
     p.add_argument("--slot-wait", type=float, default=d["slotWait"], metavar="SECONDS",
                    help="after a failure, how long to wait for lost task slots to come back before going on with fewer "
-                   f"(--min-workers) or failing (default {d['slotWait']:g})")  # fmt: skip
+                   f"(--min-workers) or failing (default {d['slotWait']})")  # fmt: skip
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=d["resume"],
                    help="continue from the latest checkpoint in --checkpoint-dir (none there yet: start); settings "
-                   "that change the math must match the checkpoint's")  # fmt: skip
+                   "that change the math must match the checkpoint's (default off)")  # fmt: skip
 
 
 # -- configs from the options ----------------------------------------------------------------------------------------

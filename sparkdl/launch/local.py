@@ -4,6 +4,7 @@ Threads suit the in-process transport (tests, a laptop); processes use a network
 child to the parent, which plays the part of Spark's barrier coordinator: it gathers the addresses, hands out
 addresses + a fresh job secret, and releases the children to close only once every rank has flushed.
 A failing rank aborts the others' blocked receives, and ``run`` raises ``WorkerFailedError`` naming the rank.
+Threads share torch's global RNG: a fit with dropout is reproducible on processes (and Spark), not on threads.
 """
 from __future__ import annotations
 

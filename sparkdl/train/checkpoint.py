@@ -31,15 +31,14 @@ _FREE = ("epochs", "score_every", "run.transport", "run.checkpoint_dir", "run.ch
 
 def _flatten(tree, prefix: str, arrays: dict[str, np.ndarray]):
     """``tree`` with every numpy array replaced by ``{"__array__": key}`` (the array stored under ``key``)."""
-    if isinstance(tree, np.ndarray):
+    if isinstance(tree, (np.ndarray, np.generic)):  # numpy scalars too (a 0-d average is one): dtype kept
+        tree = np.asarray(tree)
         arrays[prefix] = tree if tree.flags.c_contiguous else tree.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
         return {"__array__": prefix}
     if isinstance(tree, dict):
         return {str(k): _flatten(v, f"{prefix}/{k}", arrays) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
         return [_flatten(v, f"{prefix}/{i}", arrays) for i, v in enumerate(tree)]
-    if isinstance(tree, np.generic):
-        return tree.item()
     return tree
 
 

@@ -366,7 +366,7 @@ def _sharing_stats(outs: list[LoopResult]) -> dict:
                    "update_bytes": o.stats["message_bytes"], "dense_equivalent_bytes": o.stats["dense_bytes"],
                    "compression_ratio": o.stats["dense_bytes"] / max(1, o.stats["message_bytes"]),
                    "encode_seconds": round(o.stats["encode_seconds"], 4),
-                   "decode_seconds": round(o.stats["decode_seconds"], 4),
+                   "decode_seconds": round(o.stats["decode_seconds"], 4), "duplicates": o.stats["duplicates"],
                    "sent_fraction": o.stats["entries_sent"] / max(1, o.stats["messages"] * o.stats["length"]),
                    "tau_per_epoch": o.stats["taus"], "residual_norm_per_epoch": o.stats["residual_norms"]}
                   for o in outs]  # fmt: skip

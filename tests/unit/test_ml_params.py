@@ -130,8 +130,8 @@ def test_defaults_agree_across_trainconfig_params_and_cli():
     args = vars(cli_parser().parse_args([]))
     for dest, name in CLI_TO_PARAM.items():
         expected = t.getOrDefault(name)
-        if name == "earlyStoppingPatience":
-            assert expected == 0 and args[dest] is None  # 0 ("off") as a Param, absent as an option
+        if name in ("earlyStoppingPatience", "minWorkers", "checkpointDir"):
+            assert not expected and args[dest] is None  # 0 / "" ("off", "default") as a Param, absent as an option
         else:
             assert args[dest] == expected, name
     assert t.getNumClasses() == 0 and t.getWeightDecay() == TrainConfig().optimizer.weight_decay
@@ -142,7 +142,8 @@ def test_cli_help_shows_the_defaults():
         d = action.default
         shown = ("on" if d else "off") if isinstance(d, bool) else "off" if d is None else str(d)
         assert f"default {shown}" in action.help or (dest == "optimizer" and action.help == f"default {shown}") or (
-            dest == "score_every" and d == 0 and "per epoch only" in action.help), (dest, action.help)  # fmt: skip
+            dest == "score_every" and d == 0 and "per epoch only" in action.help) or (
+            dest == "checkpoint_dir" and "default: <output>.checkpoints" in action.help), (dest, action.help)  # fmt: skip
 
 
 def test_cli_epochs_override():
