@@ -8,9 +8,11 @@ Two heads, each fitted with ``--checkpoint-every 1`` and with checkpoints off, a
 * ``1m``: an MLP head of about one million parameters (1024-d features, ``mlp:960``, 10 classes).
 
 Both with the averaging master (parameters + momentum in the checkpoint) and with sharing (adds each rank's
-residual). Reported per case: the median epoch seconds without checkpoints, the driver's write seconds per
-checkpoint, the checkpoint size, and the goal's number: the extra wall time per epoch the checkpoints cost
-(``(with - without) / epochs``, medians), as a fraction of an epoch. Prints JSON.
+residual). Reported per case: the median epoch seconds without checkpoints; the seconds per checkpoint the ranks'
+training threads spend on it (the gather, rank 0's snapshot: what blocks training; rank 0 encodes and sends on a
+thread), the driver's write seconds (its own thread), the checkpoint size; and the goal's number, the extra wall time
+per epoch with checkpoints (``(with - without) / epochs``, medians of alternating runs), as a fraction of an epoch:
+it also counts the CPU the encoding, sending and writing take from the ranks on a busy machine. Prints JSON.
 
     python bench/checkpoint.py [--features sparkdl-work/demo/features.parquet] [--repeats 3] [--epochs 5]
 """
@@ -55,7 +57,7 @@ def fit_once(spark, df, dim: int, n_classes: int, cfg, checkpoint_dir: str | Non
 
 def case(spark, df, dim, n_classes, cfg, repeats: int, scratch: str) -> dict:
     walls = {"off": [], "on": []}
-    epochs_off, writes, sizes = [], [], []
+    epochs_off, writes, sizes, in_loop = [], [], [], []
     for r in range(repeats):
         for mode in ("off", "on"):
             ck = os.path.join(scratch, f"ck-{cfg.master}-{r}") if mode == "on" else None
@@ -66,6 +68,7 @@ def case(spark, df, dim, n_classes, cfg, repeats: int, scratch: str) -> dict:
             else:
                 s = out["stats"]
                 writes.append(s["checkpoint_seconds"] / max(1, s["checkpoints_written"]))
+                in_loop.append(s["checkpoint_seconds_in_loop"] / max(1, s["checkpoints_written"]))
                 sizes.append(s["checkpoint_bytes"])
     epoch = statistics.median(epochs_off)
     extra = (statistics.median(walls["on"]) - statistics.median(walls["off"])) / cfg.epochs
@@ -76,6 +79,8 @@ def case(spark, df, dim, n_classes, cfg, repeats: int, scratch: str) -> dict:
         "wall_seconds_on": [round(w, 3) for w in walls["on"]],
         "extra_seconds_per_epoch": round(extra, 4),
         "extra_fraction_of_epoch": round(extra / epoch, 4),
+        "loop_seconds_per_checkpoint": round(statistics.median(in_loop), 4),
+        "loop_fraction_of_epoch": round(statistics.median(in_loop) / epoch, 4),
         "driver_write_seconds": round(statistics.median(writes), 4),
         "write_fraction_of_epoch": round(statistics.median(writes) / epoch, 4),
         "checkpoint_bytes": sizes[-1],

@@ -29,6 +29,7 @@ class _Reporter:
     def __init__(self, sink: tuple[str, str] | None, config: TransportConfig) -> None:
         self._transport = None
         self._sequence = 0
+        self._lock = threading.Lock()
         if sink is not None:
             from sparkdl.transport.grpc import GrpcTransport
 
@@ -51,8 +52,9 @@ class _Reporter:
             return
         from sparkdl.transport.base import UpdateMessage
 
-        self._sequence += 1
-        self._transport.send(1, UpdateMessage(kind, self._sequence, 0, self._sequence, payload))
+        with self._lock:  # events from the loop, checkpoints from its sending thread: one sequence
+            self._sequence += 1
+            self._transport.send(1, UpdateMessage(kind, self._sequence, 0, self._sequence, payload))
 
     def close(self, timeout_s: float) -> None:
         if self._transport is not None:

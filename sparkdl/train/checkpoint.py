@@ -29,16 +29,23 @@ _FREE = ("epochs", "score_every", "run.transport", "run.checkpoint_dir", "run.ch
          "run.max_attempts", "run.min_workers", "run.resume", "run.slot_wait_s")  # fmt: skip
 
 
-def _flatten(tree, prefix: str, arrays: dict[str, np.ndarray]):
-    """``tree`` with every numpy array replaced by ``{"__array__": key}`` (the array stored under ``key``)."""
+def _flatten(tree, prefix: str, arrays: dict[str, np.ndarray], seen: dict | None = None):
+    """``tree`` with every numpy array replaced by ``{"__array__": key}`` (the array stored under ``key``). An array
+    equal to one already stored is stored once (the best epoch's parameters are often the current ones)."""
+    seen = {} if seen is None else seen
     if isinstance(tree, (np.ndarray, np.generic)):  # numpy scalars too (a 0-d average is one): dtype kept
         tree = np.asarray(tree)
+        same = seen.setdefault((tree.shape, tree.dtype.str), [])
+        for key in same:
+            if tree.size > 1 and np.array_equal(arrays[key], tree):
+                return {"__array__": key}
         arrays[prefix] = tree if tree.flags.c_contiguous else tree.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
+        same.append(prefix)
         return {"__array__": prefix}
     if isinstance(tree, dict):
-        return {str(k): _flatten(v, f"{prefix}/{k}", arrays) for k, v in tree.items()}
+        return {str(k): _flatten(v, f"{prefix}/{k}", arrays, seen) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return [_flatten(v, f"{prefix}/{i}", arrays) for i, v in enumerate(tree)]
+        return [_flatten(v, f"{prefix}/{i}", arrays, seen) for i, v in enumerate(tree)]
     return tree
 
 

@@ -311,6 +311,8 @@ class _Fit:
             "bytes_driver_to_workers": param_bytes * self.workers,  # the initial head, in the stage's closure
             "bytes_workers_to_driver": 2 * param_bytes,  # rank 0's final and best parameters
             "ranks_identical": identical,
+            # the longest any rank's training thread spent on checkpoints (rank 0 encodes and sends on a thread)
+            "checkpoint_seconds_in_loop": round(max(o.stats["checkpoint_seconds"] for o in outs), 4),
         }
         if isinstance(cfg.algorithm, SharingConfig):
             stats.update(_sharing_stats(outs))

@@ -8,6 +8,7 @@ events rank 0 reports, and the state a checkpoint holds — and hands each step'
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -80,6 +81,9 @@ class WorkerLoop:
         self.tracker = EpochTracker(plan.config)
         self.exchange = build_exchange(plan.config, self.comm, self.model, self.tracker)
         self.start_epoch = 0
+        self.checkpoint_seconds = 0.0  # this rank's time in checkpoints, on the training thread
+        self._sending: threading.Thread | None = None
+        self._send_error: BaseException | None = None
         if plan.resume is not None:
             self._resume(plan.resume)
 
@@ -123,24 +127,51 @@ class WorkerLoop:
             if rank == 0:
                 ctx.report(to_json(record))
             if plan.checkpoint_every and (epoch + 1) % plan.checkpoint_every == 0:
+                t0 = time.perf_counter()
                 self._checkpoint(epoch + 1)
+                self.checkpoint_seconds += time.perf_counter() - t0
             if tracker.should_stop:
                 break
+        self._finish_checkpoint()
         return self._result()
 
     def _checkpoint(self, epochs_done: int) -> None:
         """Every rank's own state gathered on rank 0, which adds the shared state and the tracker and hands the
-        checkpoint to the driver (``ctx.deliver``); the other ranks go on at once."""
-        states = self.comm.gather(pack_state(self.exchange.rank_state()))
-        if states is None:
+        checkpoint to the driver (``ctx.deliver``). The other ranks go on at once; rank 0 takes a snapshot (the
+        states are fresh copies, or arrays the exchange replaces rather than changes) and encodes and sends it on a
+        thread while it trains on: one checkpoint in flight at a time."""
+        if self.exchange.has_rank_state:
+            states = self.comm.gather(pack_state(self.exchange.rank_state()))
+            if states is None:
+                return
+        elif self.comm.rank != 0:
             return
+        else:
+            states = []  # averaging: every rank holds the same state, nothing to gather
+        self._finish_checkpoint()
         checkpoint = Checkpoint(epochs_done, self.config.to_json(), self.plan.layout, self.exchange.shared_state(),
                                 [unpack_state(s) for s in states], self.tracker.state_dict())  # fmt: skip
-        self.ctx.deliver(checkpoint.to_bytes())
+        self._sending = threading.Thread(target=self._send_checkpoint, args=(checkpoint,), name="sparkdl-checkpoint",
+                                         daemon=True)  # fmt: skip
+        self._sending.start()
+
+    def _send_checkpoint(self, checkpoint: Checkpoint) -> None:
+        try:
+            self.ctx.deliver(checkpoint.to_bytes())
+        except BaseException as e:  # noqa: BLE001 - raised on the loop's thread by _finish_checkpoint
+            self._send_error = e
+
+    def _finish_checkpoint(self) -> None:
+        if self._sending is not None:
+            self._sending.join()
+            self._sending = None
+        if self._send_error is not None:
+            raise self._send_error
 
     def _result(self) -> LoopResult:
         final = self.exchange.params()
-        out = LoopResult(self.comm.rank, params_digest(final), self.ctx.transport.stats.to_json(), self.exchange.result())
+        stats = {**self.exchange.result(), "checkpoint_seconds": self.checkpoint_seconds}
+        out = LoopResult(self.comm.rank, params_digest(final), self.ctx.transport.stats.to_json(), stats)
         if self.comm.rank == 0:
             out.final_params, out.best_params = final, self.tracker.best_params
             out.best_epoch, out.history = self.tracker.best_epoch, list(self.tracker.history)

@@ -31,6 +31,7 @@ class Exchange(ABC):
     ``end_epoch``); ``checks`` is the loop's ``EpochTracker`` (divergence)."""
 
     counts_are_global: bool = True  # a step's loss / examples are already summed over the ranks
+    has_rank_state: bool = False  # each rank holds state of its own (gathered into checkpoints)
     diverges_together: bool = True  # every rank sees a divergence at the same step (sums every rank holds)
 
     def __init__(self, config: TrainConfig, comm: Collective, model, checks) -> None:

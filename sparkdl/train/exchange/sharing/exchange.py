@@ -123,6 +123,7 @@ def _set_grad(params, flat: np.ndarray) -> None:
 
 class SharingExchange(Exchange):
     counts_are_global = False  # each rank's own loss; summed with the valid counts at epoch end
+    has_rank_state = True  # residual, threshold
     diverges_together = False  # a rank's own loss or residual: that rank fails, the launch stops the others
 
     def __init__(self, config, comm, model, checks) -> None:
