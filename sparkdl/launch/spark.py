@@ -204,6 +204,12 @@ def _stage_error(error: Exception) -> SparkDLError:
         return found
     text = str(error)
     rank = _failed_rank(text)
+    lost = re.search(r"ExecutorLostFailure \(([^)]*)\)(?: Reason: ([^\n]*))?", text)
+    if lost:
+        who = f"worker rank {rank}'s executor" if rank is not None else "an executor"
+        why = (lost[2] or lost[1]).strip()
+        return WorkerFailedError(f"the barrier stage failed: {who} was lost ({why})", rank=rank,
+                                 cause=f"{who} was lost ({why})")  # fmt: skip
     if "Python worker exited unexpectedly" in text:
         who = f"worker rank {rank}" if rank is not None else "a worker"
         return WorkerFailedError(f"the barrier stage failed: {who} died (killed, or out of memory?) and Spark does "

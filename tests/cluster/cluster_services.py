@@ -1,12 +1,19 @@
-"""Helpers of the cluster tests (the fixtures are in conftest.py): ports, Spark's scripts, spark-submit, the
-local HDFS script."""
+"""Helpers of the cluster tests (the fixtures are in conftest.py): ports, Spark's scripts, spark-submit, a
+standalone cluster, a command watched line by line, the local HDFS script."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,3 +42,76 @@ def local_hdfs_module():
     sys.modules["local_hdfs"] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+@contextmanager
+def standalone(logs: Path, worker_cores: list[int], memory: str = "3g"):
+    """A Spark standalone master and one Worker per entry of ``worker_cores`` (that many cores each), on 127.0.0.1;
+    yields ``{"url", "env", "workers": [Popen]}`` once all are registered, stops them all afterwards."""
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_WORKER_DIR": str(logs / "work")}  # fmt: skip
+    env.pop("HADOOP_CONF_DIR", None)
+    port, ui = free_port(), free_port()
+    url = f"spark://127.0.0.1:{port}"
+    procs = [subprocess.Popen([spark_bin("spark-class"), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(port), "--webui-port", str(ui)],
+                              env=env, stdout=open(logs / "master.log", "w"), stderr=subprocess.STDOUT)]  # fmt: skip
+    workers = []
+    try:
+        for i, cores in enumerate(worker_cores):
+            workers.append(subprocess.Popen(
+                [spark_bin("spark-class"), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores",
+                 str(cores), "--memory", memory, "--webui-port", str(free_port()), url],
+                env=env, stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))  # fmt: skip
+        procs += workers
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{ui}/json", timeout=2))
+                if state.get("aliveworkers", 0) >= len(worker_cores):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standalone cluster did not come up; logs in {logs}")
+            time.sleep(1)
+        yield {"url": url, "env": env, "workers": workers}
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def watched(cmd: list[str], on_line: Callable[[str], None], env: dict | None = None, timeout: float = 420,
+            log=None, started: Callable[[int], None] | None = None) -> tuple[int, list[str]]:  # fmt: skip
+    """Run ``cmd``, handing each line of its stderr to ``on_line`` as it comes (e.g. to kill something at the
+    right moment; ``started`` gets the process id first); returns (exit code, stderr lines). Killed when it
+    outlives ``timeout``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if started is not None:
+        started(proc.pid)
+    lines: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if log is not None:
+                log.write(line)
+            on_line(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    return proc.returncode, lines

@@ -7,55 +7,18 @@
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
-from cluster_services import free_port, local_hdfs_module, spark_bin
+from cluster_services import local_hdfs_module, standalone
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("cluster-logs")
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-           "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_WORKER_DIR": str(logs / "work")}  # fmt: skip
-    env.pop("HADOOP_CONF_DIR", None)
-    port, ui, worker_ui = free_port(), free_port(), free_port()
-    url = f"spark://127.0.0.1:{port}"
-    procs = []
-    try:
-        procs.append(subprocess.Popen([spark_bin("spark-class"), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                       "--port", str(port), "--webui-port", str(ui)],
-                                      env=env, stdout=open(logs / "master.log", "w"), stderr=subprocess.STDOUT))  # fmt: skip
-        procs.append(subprocess.Popen([spark_bin("spark-class"), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                                       "--cores", "2", "--memory", "3g", "--webui-port", str(worker_ui), url],
-                                      env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT))  # fmt: skip
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{ui}/json", timeout=2))
-                if state.get("aliveworkers", 0) >= 1:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the standalone cluster did not come up; logs in {logs}")
-            time.sleep(1)
-        yield {"url": url, "env": env}
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    with standalone(tmp_path_factory.mktemp("cluster-logs"), [2]) as running:
+        yield {"url": running["url"], "env": running["env"]}
 
 
 @pytest.fixture(scope="session")

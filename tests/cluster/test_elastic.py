@@ -8,15 +8,11 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
-import time
-import urllib.request
 
 import pytest
 
-from cluster_services import free_port, spark_bin
+from cluster_services import standalone, watched
 from datagen import make_features_table
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -28,43 +24,8 @@ ARGS = ["--workers", "3", "--epochs", "8", "--batch-size-per-worker", "16", "--h
 
 @pytest.fixture(scope="module")
 def three_workers(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("elastic-logs")
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-           "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_WORKER_DIR": str(logs / "work")}  # fmt: skip
-    env.pop("HADOOP_CONF_DIR", None)
-    port, ui = free_port(), free_port()
-    url = f"spark://127.0.0.1:{port}"
-    master = subprocess.Popen([spark_bin("spark-class"), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                               "--port", str(port), "--webui-port", str(ui)],
-                              env=env, stdout=open(logs / "master.log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
-    workers = []
-    try:
-        for i in range(3):
-            workers.append(subprocess.Popen(
-                [spark_bin("spark-class"), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
-                 "--memory", "1g", "--webui-port", str(free_port()), url],
-                env=env, stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))  # fmt: skip
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if json.load(urllib.request.urlopen(f"http://127.0.0.1:{ui}/json", timeout=2)).get("aliveworkers", 0) >= 3:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the standalone cluster did not come up; logs in {logs}")
-            time.sleep(1)
-        yield {"url": url, "env": env, "workers": workers}
-    finally:
-        for p in [*workers, master]:
-            if p.poll() is None:
-                p.terminate()
-        for p in [*workers, master]:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    with standalone(tmp_path_factory.mktemp("elastic-logs"), [1, 1, 1], memory="1g") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -86,28 +47,17 @@ def test_losing_a_worker_goes_on_with_the_slots_left(spark, three_workers, featu
     out = tmp_path / "model"
     cmd = [sys.executable, "-m", "sparkdl.cli", "train", "--features", features, "--output", str(out),
            "--spark-master", three_workers["url"], "--min-workers", "2", "--slot-wait", "5", *ARGS]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=three_workers["env"])
-    lines: list[str] = []
     killed: list[int] = []
 
-    def watch() -> None:
-        for line in proc.stderr:
-            lines.append(line)
-            if not killed and re.search(r"train: checkpoint after epoch 2\b", line):
-                victim = three_workers["workers"][0]
-                os.kill(victim.pid, signal.SIGKILL)
-                killed.append(victim.pid)
+    def on_line(line: str) -> None:
+        if not killed and re.search(r"train: checkpoint after epoch 2\b", line):
+            victim = three_workers["workers"][0]
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
 
-    reader = threading.Thread(target=watch, daemon=True)
-    reader.start()
-    try:
-        proc.wait(timeout=420)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=10)
+    code, lines = watched(cmd, on_line, env=three_workers["env"])
     tail = "".join(lines[-40:])
-    assert proc.returncode == 0 and killed, tail
+    assert code == 0 and killed, tail
     metrics = json.loads((out / "metrics.json").read_text())
     [failure] = metrics["failures"]
     assert failure["resume_epoch"] == 2 and failure["workers_after"] == 2, metrics["failures"]

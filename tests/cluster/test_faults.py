@@ -11,12 +11,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 
 import pytest
 
+from cluster_services import watched
 from datagen import make_features_table
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -59,14 +59,15 @@ def _executors(driver: int) -> list[int]:
     return sorted(p for p in _descendants(driver) if "CoarseGrainedExecutorBackend" in _cmdline(p))
 
 
-def _python_worker(executor: int) -> int:
-    """The forked Python worker running a task under ``executor`` (a pyspark.daemon child of the daemon)."""
+def _python_workers(executor: int) -> list[int]:
+    """The forked Python workers under ``executor`` (children of its pyspark.daemon): the one running the barrier task,
+    and any idle one kept for reuse (killing those too does no harm)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for pid in _descendants(executor):
-            parent = _parent(pid)
-            if "pyspark.daemon" in _cmdline(pid) and parent and "pyspark.daemon" in _cmdline(parent):
-                return pid
+        found = [pid for pid in _descendants(executor)
+                 if "pyspark.daemon" in _cmdline(pid) and "pyspark.daemon" in _cmdline(_parent(pid) or 0)]  # fmt: skip
+        if found:
+            return found
         time.sleep(0.2)
     raise AssertionError(f"no Python worker under executor {executor}")
 
@@ -96,32 +97,21 @@ def _train(features: str, out: str, master: str, spark_master: str, kills: dict[
     executor's Python worker) or ``jvm`` (that executor). Returns metrics.json."""
     cmd = [sys.executable, "-m", "sparkdl.cli", "train", "--features", features, "--output", out, "--master", master,
            "--spark-master", spark_master, "--max-attempts", "3", *ARGS]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
     killed: list[str] = []
 
-    def watch() -> None:
-        for line in proc.stderr:
-            lines.append(line)
-            log.write(line)
-            found = re.search(r"train: checkpoint after epoch (\d+)", line)
-            if found and int(found[1]) in kills:
-                what = kills[int(found[1])]
-                executors = _executors(proc.pid)
-                assert executors, "no executor JVMs found"
-                target = _python_worker(executors[0]) if what == "python" else executors[0]
+    def on_line(line: str) -> None:
+        found = re.search(r"train: checkpoint after epoch (\d+)", line)
+        if found and int(found[1]) in kills:
+            what = kills[int(found[1])]
+            executors = _executors(proc_pid[0])
+            assert executors, "no executor JVMs found"
+            for target in _python_workers(executors[0]) if what == "python" else [executors[0]]:
                 os.kill(target, signal.SIGKILL)
-                killed.append(what)
+            killed.append(what)
 
-    reader = threading.Thread(target=watch, daemon=True)
-    reader.start()
-    try:
-        proc.wait(timeout=420)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=10)
-    assert proc.returncode == 0, "".join(lines[-40:])
+    proc_pid: list[int] = []
+    code, lines = watched(cmd, on_line, log=log, started=proc_pid.append)
+    assert code == 0, "".join(lines[-40:])
     assert killed == [kills[k] for k in sorted(kills)], "".join(lines[-40:])
     with open(os.path.join(out, "metrics.json")) as f:
         return json.load(f)

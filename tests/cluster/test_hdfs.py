@@ -208,3 +208,34 @@ def test_spark_ml_models_save_and_load_on_hdfs(spark, hdfs):
     assert HeadClassifierModel.load(f"{hdfs['home']}/ml/head").getPredictionCol() == "p3"
     path = f"{hdfs['home'].split(hdfs['fs'], 1)[1]}/ml"
     assert sorted(e["name"] for e in hdfs["admin"].list(path)) == ["head", "pipeline"]
+
+
+def test_checkpoints_and_resume_on_hdfs(spark, hdfs, tmp_path):
+    """A fit with its checkpoints on hdfs:// (through Spark's Hadoop client), stopped after 2 epochs and resumed to
+    3, ends bit-identical to a 3-epoch fit; the newest 2 checkpoints are kept, no .partial left."""
+    import dataclasses
+
+    from datagen import make_features_table
+    from sparkdl.config import RunConfig, TrainConfig
+    from sparkdl.model import build_head
+    from sparkdl.train.checkpoint import CheckpointStore
+    from sparkdl.train.driver import build_master
+
+    uri = str(tmp_path / "f.parquet")
+    make_features_table(spark, uri, n=0, dim=4, n_classes=3, seed=2, split_counts={"train": 40, "valid": 8})
+    df = spark.read.parquet(uri)
+    ck = f"{hdfs['home']}/checkpoints/run1"
+    cfg = TrainConfig(run=RunConfig(workers=2, checkpoint_dir=ck), epochs=3, batch_size_per_worker=4)
+
+    def fit(c):
+        return build_master(c).fit(df, build_head(c.head, 4, 3, seed=0), 3)
+
+    through = fit(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, checkpoint_dir=None)))
+    fit(dataclasses.replace(cfg, epochs=2))
+    resumed = fit(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=True)))
+    assert resumed.stats["resumed_from_epoch"] == 2
+    for k, v in through.final_params.items():
+        assert resumed.final_params[k].tobytes() == v.tobytes(), k
+    assert CheckpointStore(ck, spark=spark).epochs() == [2, 3]
+    path = ck.split(hdfs["fs"], 1)[1]
+    assert sorted(e["name"] for e in hdfs["admin"].list(path)) == ["epoch-000002.ckpt", "epoch-000003.ckpt"]

@@ -141,3 +141,26 @@ def test_train_head_resume_refuses_other_math_and_keeps_earlier_checkpoints_safe
     metrics = __import__("json").loads((model / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == 2 and metrics["attempts"] == 1
     np.testing.assert_equal(CheckpointStore(str(tmp_path / "model.checkpoints")).epochs(), [2, 3])
+
+
+def test_a_failed_round_is_run_again_from_the_latest_checkpoint(features, tmp_path, monkeypatch):
+    """``--execution rounds``: a round whose Spark job fails (past Spark's own task retries) fails the attempt; the
+    driver goes on from the latest checkpoint, ending where an uninterrupted fit ends."""
+    import sparkdl.train.rounds as rounds
+
+    cfg = CONFIGS["averaging-rounds"]
+    through = _fit(features, cfg)
+    real, calls = rounds._run_round, []
+
+    def flaky(shards, r, state_bc, workers, depth, epoch):
+        calls.append((epoch, r))
+        if (epoch, r) == (2, 1) and calls.count((2, 1)) == 1:
+            raise WorkerFailedError("round 2 of epoch 3 failed: lost an executor", epoch=epoch, step=r, cause="lost")
+        return real(shards, r, state_bc, workers, depth, epoch)
+
+    monkeypatch.setattr(rounds, "_run_round", flaky)
+    again = _fit(features, _with(cfg, checkpoint_dir=str(tmp_path / "ck"), max_attempts=2))
+    _assert_same(through, again)
+    [failure] = again.stats["failures"]
+    assert (failure["epoch"], failure["step"], failure["resume_epoch"]) == (2, 1, 2)
+    assert calls.count((2, 0)) == 2 and calls.count((1, 0)) == 1  # epoch 3 again, epochs 1-2 not
