@@ -211,12 +211,12 @@ class _Fit:
         """A checkpoint from rank 0 (or the rounds loop): written now, on the driver, while training goes on."""
         t0 = time.perf_counter()
         epoch = checkpoint_epoch(data)
+        self.last_checkpoint = data  # a re-launch can go on from it even if writing it fails
         try:
             uri, size = self.store.write_bytes(epoch, data)
-        except SparkDLError as e:  # the fit goes on; the failure is in the stats and on the progress lines
-            self.checkpoint_errors.append(str(e))
+        except (SparkDLError, OSError) as e:  # the fit goes on; the failure is in the stats and the summary's warnings
+            self.checkpoint_errors.append(f"the checkpoint after epoch {epoch} was not written: {e}")
             return
-        self.last_checkpoint = data
         event = CheckpointEvent(epoch=epoch, uri=uri, bytes=size, seconds=time.perf_counter() - t0)
         self.checkpoints.append({"epoch": epoch, "bytes": size, "seconds": round(event.seconds, 4)})
         notify(self.listeners, event)
@@ -275,7 +275,8 @@ class _Fit:
         if run.elastic and slots >= run.min_workers:
             self.lay_out(slots)  # the averaged state carries over; sharing's residuals of the lost ranks are dropped
             return
-        need = f"at least --min-workers {run.min_workers}" if run.elastic else f"{self.workers} (--workers; --min-workers lets a fit go on with fewer)"
+        need = (f"at least --min-workers {run.min_workers}" if run.elastic
+                else f"{self.workers} (--workers; --min-workers lets a fit go on with fewer)")  # fmt: skip
         raise WorkerFailedError(f"only {slots} task slot(s) left after a failure, {need} needed: add executors and "
                                 "run again with --resume")  # fmt: skip
 
@@ -303,8 +304,9 @@ class _Fit:
         set_params(self.head, lead.best_params)
         history = lead.history
         param_bytes = sum(v.nbytes for v in lead.final_params.values())
+        first = resume.epoch if resume is not None else 0  # the epochs before came with the checkpoint
         stats = {
-            "examples": sum(h.examples for h in history),
+            "examples": sum(h.examples for h in history if h.epoch >= first),  # trained by this attempt
             "iterations": len(history) * self.steps,
             "bytes_between_workers": sum(o.transport["bytes_sent"] for o in outs),
             "transport_rejected": sum(o.transport["rejected"] for o in outs),  # refused calls: wrong secret, probes

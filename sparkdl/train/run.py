@@ -145,6 +145,9 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
     # the masters describe their own jobs (the fit, per round in the ``rounds`` execution)
     listeners = [events, stats, ScoreListener(say, every=config.score_every)]
     result = build_master(config, launcher).fit(df, head, len(labels), listeners=listeners)
+    for problem in result.stats["checkpoint_errors"]:
+        warnings.append(problem)
+        say(f"train: warning: {problem}")
     spec = HeadSpec.from_module(config.head, dim, len(labels), result.head)
     say(f"train: best epoch {result.best_epoch + 1}; evaluating every split")
     with job_description(spark, "train", f"scoring every split of {features_uri}"):

@@ -164,3 +164,27 @@ def test_a_failed_round_is_run_again_from_the_latest_checkpoint(features, tmp_pa
     [failure] = again.stats["failures"]
     assert (failure["epoch"], failure["step"], failure["resume_epoch"]) == (2, 1, 2)
     assert calls.count((2, 0)) == 2 and calls.count((1, 0)) == 1  # epoch 3 again, epochs 1-2 not
+
+
+@pytest.mark.parametrize("name", ["averaging-barrier", "sharing"])
+def test_elastic_goes_on_with_the_slots_there_are(spark, features, tmp_path, name):
+    """Three in-process ranks on a ``local[2]`` application (2 task slots): after a failure the re-launch finds 2
+    slots, and with ``min_workers`` 2 it deals the shards again over 2 workers and finishes from the checkpoint
+    (sharing drops the lost rank's residual); without ``min_workers`` it fails, saying why."""
+    from sparkdl.evaluate import evaluate_head
+    from sparkdl.model import HeadSpec
+
+    cfg = dataclasses.replace(CONFIGS[name], head=HeadConfig(), run=RunConfig(workers=3, slot_wait_s=0.0))
+    clean = _fit(features, cfg, local=True)
+    shrunk = _fit(features, _with(cfg, checkpoint_dir=str(tmp_path / "ck"), min_workers=2), [_Crash(epoch=2)],
+                  local=True)  # fmt: skip
+    [failure] = shrunk.stats["failures"]
+    assert (failure["resume_epoch"], failure["workers_after"], shrunk.stats["workers_final"]) == (2, 2, 2)
+    assert [h.epoch for h in shrunk.history] == [0, 1, 2, 3]
+    test = features.filter("split = 'test'")
+    accuracy = [evaluate_head(test, HeadSpec.from_module(cfg.head, DIM, CLASSES, r.head), CLASSES).accuracy
+                for r in (clean, shrunk)]  # fmt: skip
+    assert abs(accuracy[0] - accuracy[1]) <= 0.13, accuracy  # 8 test rows: one row is 0.125
+    with pytest.raises(WorkerFailedError, match=r"only 2 task slot\(s\) left after a failure, 3 \(--workers; "
+                                                r"--min-workers lets a fit go on with fewer\) needed"):  # fmt: skip
+        _fit(features, _with(cfg, checkpoint_dir=str(tmp_path / "ck2")), [_Crash(epoch=2)], local=True)
