@@ -115,3 +115,18 @@ def watched(cmd: list[str], on_line: Callable[[str], None], env: dict | None = N
             proc.wait()
     reader.join(timeout=10)
     return proc.returncode, lines
+
+
+# the fault-tolerance tests (test_faults, test_elastic): one table, one set of training options, so a killed run is
+# compared with a clean run of the same math
+FIT_DIM, FIT_CLASSES = 32, 5
+FIT_ARGS = ["--epochs", "8", "--batch-size-per-worker", "16", "--head", "mlp:64", "--lr", "0.02", "--seed", "5"]
+
+
+def make_fit_features(spark, uri: str) -> str:
+    """Gaussian clusters, 3,000 train / 400 valid / 400 test rows: 8 epochs take long enough to kill things in."""
+    from datagen import make_features_table
+
+    make_features_table(spark, uri, n=0, dim=FIT_DIM, n_classes=FIT_CLASSES, seed=11, noise=1.5,
+                        split_counts={"train": 3000, "valid": 400, "test": 400})  # fmt: skip
+    return uri

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from cluster_services import local_hdfs_module, standalone
+from cluster_services import local_hdfs_module, make_fit_features, standalone
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +49,9 @@ def hdfs(tmp_path_factory):
                "home": f"{server.fs}/user/{me}", "admin": admin}  # fmt: skip
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def fit_features(spark, tmp_path_factory) -> str:
+    """The features table of the fault-tolerance tests (``cluster_services.make_fit_features``)."""
+    return make_fit_features(spark, str(tmp_path_factory.mktemp("fit-features") / "features.parquet"))

@@ -12,14 +12,12 @@ import sys
 
 import pytest
 
-from cluster_services import standalone, watched
-from datagen import make_features_table
+from cluster_services import FIT_ARGS, FIT_CLASSES, FIT_DIM, standalone, watched
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-DIM, CLASSES = 32, 5
-ARGS = ["--workers", "3", "--epochs", "8", "--batch-size-per-worker", "16", "--head", "mlp:64", "--lr", "0.02",
-        "--seed", "5"]  # fmt: skip
+DIM, CLASSES = FIT_DIM, FIT_CLASSES
+ARGS = ["--workers", "3", *FIT_ARGS]
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +26,9 @@ def three_workers(tmp_path_factory):
         yield running
 
 
-@pytest.fixture(scope="module")
-def features(spark, tmp_path_factory):
-    uri = str(tmp_path_factory.mktemp("elastic") / "features.parquet")
-    make_features_table(spark, uri, n=0, dim=DIM, n_classes=CLASSES, seed=11, noise=1.5,
-                        split_counts={"train": 3000, "valid": 400, "test": 400})  # fmt: skip
-    return uri
+@pytest.fixture
+def features(fit_features):
+    return fit_features
 
 
 def test_losing_a_worker_goes_on_with_the_slots_left(spark, three_workers, features, tmp_path):

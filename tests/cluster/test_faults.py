@@ -16,12 +16,11 @@ from collections import defaultdict
 
 import pytest
 
-from cluster_services import watched
-from datagen import make_features_table
+from cluster_services import FIT_ARGS, FIT_CLASSES, FIT_DIM, watched
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-DIM, CLASSES = 32, 5
+DIM, CLASSES = FIT_DIM, FIT_CLASSES
 
 
 def _children() -> dict[int, list[int]]:
@@ -80,16 +79,12 @@ def _parent(pid: int) -> int | None:
         return None
 
 
-@pytest.fixture(scope="module")
-def features(spark, tmp_path_factory):
-    uri = str(tmp_path_factory.mktemp("faults") / "features.parquet")
-    make_features_table(spark, uri, n=0, dim=DIM, n_classes=CLASSES, seed=11, noise=1.5,
-                        split_counts={"train": 3000, "valid": 400, "test": 400})  # fmt: skip
-    return uri
+@pytest.fixture
+def features(fit_features):
+    return fit_features
 
 
-ARGS = ["--workers", "2", "--epochs", "8", "--batch-size-per-worker", "16", "--head", "mlp:64", "--lr", "0.02",
-        "--seed", "5"]  # fmt: skip
+ARGS = ["--workers", "2", *FIT_ARGS]
 
 
 def _train(features: str, out: str, master: str, spark_master: str, kills: dict[int, str], log) -> dict:
