@@ -5,9 +5,12 @@ forward pass). Plain loops tried: 1 process x N threads, and P processes x 1 thr
 images); the best of them is the reference. The Spark path is `featurize_images` on an images table (read Parquet,
 mapInArrow over the backbone, write the features Parquet, count rejects), timed after a small warm-up run that
 starts the JVM's code paths and the Python workers (and loads the model in them, as a long job would once).
-Setups are interleaved and repeated (--repeats); medians are reported.
+Setups are interleaved and repeated (--repeats); medians are reported. The plain loops are the fp32 torch
+reference; the Spark path runs each --numerics setup (precision:runtime) and reports its ratio to the best plain loop.
+--fidelity instead compares each precision's features with torch fp32 on the demo's digits (real Lite0 weights).
 
     python bench/featurize.py --backbones efficientnet_lite0,vgg16 --images 480,48
+    python bench/featurize.py --fidelity
 
 Prints one JSON object.
 """
@@ -78,20 +81,59 @@ def plain(backbone: str, random_init: bool, images: list[bytes], processes: int,
             "images_per_s": round(n / wall, 2)}  # fmt: skip
 
 
-def spark_path(spark, backbone: str, random_init: bool, table: str, out_dir: Path, threads: int, batch: int) -> dict:
+def spark_path(spark, backbone: str, random_init: bool, table: str, out_dir: Path, threads: int, batch: int,
+               precision: str = "fp32", runtime: str = "torch") -> dict:  # fmt: skip
     from sparkdl.config import FeaturizeConfig
     from sparkdl.featurize.featurizer import featurize_images
 
-    out = out_dir / f"features-{backbone}-{threads}t.parquet"
+    out = out_dir / f"features-{backbone}-{threads}t-{precision}-{runtime}.parquet"
     cfg = FeaturizeConfig(
         input_uri=table, output_uri=str(out), backbone=backbone, random_init=random_init, batch_size=batch,
-        threads_per_task=threads, overwrite=True,
+        threads_per_task=threads, overwrite=True, precision=precision, runtime=runtime,
     )  # fmt: skip
     start = time.perf_counter()
     result = featurize_images(spark, cfg)
     wall = time.perf_counter() - start
-    return {"setup": f"Spark local[2], 2 tasks x {threads} thread(s)", "images": result.rows_out,
+    ran = result.backbone["numerics"]
+    return {"setup": f"Spark local[2], 2 tasks x {threads} thread(s), {ran['precision']} on {ran['runtime']}"
+                     + (" (--precision auto)" if precision == "auto" else ""),
+            "images": result.rows_out, "fallback_rows": ran["fallback_rows"],
             "partitions": result.partitions, "seconds": round(wall, 3), "images_per_s": round(result.rows_out / wall, 2)}  # fmt: skip
+
+
+def fidelity(spark, work: Path, per_class: int | None) -> dict:
+    """The demo's digits (real scans) through the real EfficientNet-Lite0 weights: per-row cosine of each
+    precision/runtime's features to torch fp32, and the test accuracy of a softmax head (multinomial logistic
+    regression, the same model as ``--head softmax``) trained on split=train of each."""
+    from sklearn.linear_model import LogisticRegression
+
+    from sparkdl.config import FeaturizeConfig, IngestConfig
+    from sparkdl.data.images import ingest_images
+    from sparkdl.demo import write_digits_tree
+    from sparkdl.featurize.featurizer import featurize_images
+
+    write_digits_tree(work / "digits", max_per_class=per_class)
+    images = ingest_images(spark, IngestConfig(images_uri=str(work / "digits"), output_uri=str(work / "digits.parquet")))
+    out = {"images": images.rows_out, "backbone": "efficientnet_lite0", "setups": {}}
+    ref = None
+    for precision, runtime in (("fp32", "torch"), ("auto", "auto"), ("fp32", "onnxruntime"), ("bf16", "torch")):
+        result = featurize_images(spark, FeaturizeConfig(input_uri=images.output_uri, overwrite=True, precision=precision,
+                                                         runtime=runtime, output_uri=str(work / "f.parquet")))  # fmt: skip
+        rows = spark.read.parquet(result.output_uri).orderBy("path").collect()
+        feats = np.array([r["features"] for r in rows], dtype=np.float64)
+        labels = np.array([r["label_index"] for r in rows])
+        train = np.array([r["split"] == "train" for r in rows])
+        test = np.array([r["split"] == "test" for r in rows])
+        acc = float((LogisticRegression(max_iter=3000).fit(feats[train], labels[train]).predict(feats[test]) == labels[test]).mean())
+        ran = result.backbone["numerics"]
+        key = f"{ran['precision']} on {ran['runtime']}" + (" (auto)" if precision == "auto" else "")
+        if ref is None:
+            ref = feats
+        cos = (feats * ref).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(ref, axis=1)
+        out["setups"][key] = {"min_cosine_to_torch_fp32": round(float(cos.min()), 6), "mean_cosine": round(float(cos.mean()), 6),
+                              "test_accuracy": round(acc, 4), "test_images": int(test.sum()), "fallback_rows": ran["fallback_rows"]}  # fmt: skip
+        print(json.dumps({key: out["setups"][key]}), file=sys.stderr, flush=True)
+    return out
 
 
 def main(argv=None) -> int:
@@ -101,9 +143,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3, help="runs per setup, interleaved; medians are reported")
     ap.add_argument("--skip-oversubscribed", action="store_true", help="skip the 2 tasks x 2 threads Spark run")
+    ap.add_argument("--numerics", default="fp32:torch,auto:auto,bf16:torch,fp32:onnxruntime",
+                    help="Spark path setups as precision:runtime, comma-separated (the same resolved setup runs once)")
+    ap.add_argument("--fidelity", action="store_true", help="only the fidelity check on the demo's digits (real Lite0 weights)")
+    ap.add_argument("--per-class", type=int, default=None, help="--fidelity: digits per class (default all 1,797)")
     args = ap.parse_args(argv)
 
     from sparkdl.config import SessionConfig
+    from sparkdl.featurize.backbones import get_backbone
+    from sparkdl.featurize.precision import choose, describe_host
     from sparkdl.session import build_session
 
     backbones = args.backbones.split(",")
@@ -119,6 +167,15 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "results": [],
     }
+    report["host"] = describe_host()
+    if args.fidelity:
+        try:
+            report = {**report, "benchmark": "featurize-fidelity", **fidelity(spark, work, args.per_class)}
+        finally:
+            spark.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(report, indent=2))
+        return 0
     try:
         for backbone, n in zip(backbones, counts):
             random_init = backbone == "vgg16"
@@ -131,16 +188,24 @@ def main(argv=None) -> int:
             spark.createDataFrame(rows[:8], "path string, label string, label_index int, split string, image binary") \
                 .write.mode("overwrite").parquet(warm)  # fmt: skip
             spark_path(spark, backbone, random_init, warm, work, 1, args.batch_size)  # warm-up, not reported
+            setups, seen = [], set()
+            for item in args.numerics.split(","):
+                precision, runtime = item.split(":")
+                resolved = choose(get_backbone(backbone).numerics, precision, runtime)
+                if resolved not in seen or precision == "auto":
+                    seen.add(resolved)
+                    setups.append((precision, runtime))
 
             # interleave the setups and repeat them, so a noisy neighbour hurts all of them alike; report medians
             runs: dict[str, list[dict]] = {}
             for _ in range(args.repeats):
                 for r in (plain(backbone, random_init, images, 1, cores, args.batch_size),
                           plain(backbone, random_init, images, cores, 1, args.batch_size),
-                          spark_path(spark, backbone, random_init, table, work, 1, args.batch_size)):  # fmt: skip
+                          *(spark_path(spark, backbone, random_init, table, work, 1, args.batch_size, p, rt)
+                            for p, rt in setups)):  # fmt: skip
                     runs.setdefault(r["setup"], []).append(r)
             if not args.skip_oversubscribed and cores > 1:
-                r = spark_path(spark, backbone, random_init, table, work, cores, args.batch_size)
+                r = spark_path(spark, backbone, random_init, table, work, cores, args.batch_size, "fp32", "torch")
                 runs.setdefault(r["setup"], []).append(r)
             summary = {}
             for setup, rs in runs.items():
@@ -148,8 +213,10 @@ def main(argv=None) -> int:
                 summary[setup] = {"images_per_s_median": rates[len(rates) // 2], "images_per_s_all": rates,
                                   "seconds_median": sorted(x["seconds"] for x in rs)[len(rs) // 2]}  # fmt: skip
             plain_keys = [k for k in summary if k.startswith(tuple("0123456789"))]
-            spark_key = "Spark local[2], 2 tasks x 1 thread(s)"
+            spark_key = "Spark local[2], 2 tasks x 1 thread(s), fp32 on torch"
             best_plain = max(plain_keys, key=lambda k: summary[k]["images_per_s_median"])
+            for key, s in summary.items():
+                s["ratio_to_best_plain_fp32_torch"] = round(s["images_per_s_median"] / summary[best_plain]["images_per_s_median"], 3)
             report["results"].append({
                 "backbone": backbone,
                 "weights": "random-init (timing only)" if random_init else "pretrained",
@@ -161,6 +228,7 @@ def main(argv=None) -> int:
                 "spark_images_per_s": summary[spark_key]["images_per_s_median"],
                 "ratio_spark_to_best_plain": round(
                     summary[spark_key]["images_per_s_median"] / summary[best_plain]["images_per_s_median"], 3),
+                "best_spark": max((k for k in summary if k.startswith("Spark")), key=lambda k: summary[k]["images_per_s_median"]),
             })  # fmt: skip
             print(json.dumps(report["results"][-1]), file=sys.stderr, flush=True)
     finally:

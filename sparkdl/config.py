@@ -33,6 +33,10 @@ def _check_optional_positive(name: str, value: int | None) -> None:
     _require(value is None or (isinstance(value, int) and value > 0), f"{name} must be a positive integer, got {value!r}")
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def _check_uri(name: str, value: str) -> None:
     _require(isinstance(value, str) and value.strip() != "", f"{name} must be a non-empty path or Hadoop URI")
 
@@ -109,6 +113,12 @@ class IngestConfig:
         _check_optional_positive("partitions", self.partitions)
 
 
+# how a backbone computes (sparkdl.featurize.precision): "auto" = the measured fast and faithful choice
+PRECISIONS = ("auto", "fp32", "bf16")
+RUNTIMES = ("auto", "torch", "onnxruntime")
+DEVICES = ("auto", "cpu", "cuda")
+
+
 @dataclass(frozen=True)
 class FeaturizeConfig:
     """Images table -> features table (``path, label, label_index, split, features``)."""
@@ -120,14 +130,20 @@ class FeaturizeConfig:
     random_init: bool = False
     batch_size: int = 32
     partitions: int | None = None
-    max_rows_per_partition: int = 2048
+    max_rows_per_partition: int = 256  # several waves: progress moves a task at a time, stragglers cost less
     threads_per_task: int | None = None
     max_reject_fraction: float = 0.01
     overwrite: bool = False
+    precision: str = "auto"  # auto | fp32 | bf16 (sparkdl.featurize.precision)
+    runtime: str = "auto"  # auto | torch | onnxruntime
+    device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
         _check_uri("input_uri", self.input_uri)
         _check_uri("output_uri", self.output_uri)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("runtime", self.runtime, RUNTIMES)
+        _check_choice("device", self.device, DEVICES)
         _require(bool(self.backbone), "backbone must name a registered backbone")
         _require(
             not (self.random_init and self.weights),
@@ -494,7 +510,7 @@ class PredictConfig:
     top_k: int = 5
     batch_size: int = 32
     partitions: int | None = None
-    max_rows_per_partition: int = 2048
+    max_rows_per_partition: int = 256
     threads_per_task: int | None = None
     max_reject_fraction: float = 0.01
     overwrite: bool = False

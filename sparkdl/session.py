@@ -15,6 +15,7 @@ from typing import Iterator
 
 from sparkdl.config import SessionConfig
 from sparkdl.errors import ConfigError
+from sparkdl.progress import JOB_GROUP_PREFIX
 
 JAVA_HELP = (
     "Spark needs Java 17 (or 21), and none was found: install a JDK/JRE, e.g. "
@@ -114,9 +115,6 @@ def _apply_runtime_conf(spark, config: SessionConfig) -> None:
 def is_connect(obj) -> bool:
     """True for a Spark Connect SparkSession or DataFrame (no SparkContext, no RDDs, no Hadoop client here)."""
     return type(obj).__module__.startswith("pyspark.sql.connect")
-
-
-JOB_GROUP_PREFIX = "sparkdl-"
 
 
 @contextmanager

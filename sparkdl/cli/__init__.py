@@ -19,10 +19,10 @@ Adding a command group (e.g. ``infer``: predict, serve, export):
 
    ``sub`` is the top-level sub-parsers action (under ``job=True`` its ``add_parser`` names each command
    ``spark-submit jobs/<name>.py``); ``common`` is ``options.common_parser()``, the parent giving ``--spark-master``,
-   ``--driver-memory``, ``--json``, ``--quiet``, ``--debug`` (a command without it must still define ``--quiet``
-   and ``--debug``). A runner ``run_x(args, say)`` prints its summary and returns the payload; it raises to fail
-   (``SparkDLError`` for a one-line error, ``options.QuietFailure`` for exit 1 with no line). Import heavy
-   modules (Spark, torch) inside the runners, not at the top of the module.
+   ``--driver-memory``, ``--json``, ``--quiet``, ``--progress-every``, ``--debug`` (a command without it must still
+   define ``--quiet`` and ``--debug``). A runner ``run_x(args, say)`` prints its summary and returns the payload; it
+   raises to fail (``SparkDLError`` for a one-line error, ``options.QuietFailure`` for exit 1 with no line). Import
+   heavy modules (Spark, torch) inside the runners, not at the top of the module.
 2. list the module once in ``GROUPS`` below; its position is where its commands appear in ``sparkdl --help``.
 
 ``register`` must return a runner for exactly the commands it added (checked when the parser is built).
@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 from sparkdl.cli import export, fs, predict, serve, stages
 from sparkdl.cli.options import Progress, QuietFailure, common_parser
 from sparkdl.errors import SparkDLError
+from sparkdl.progress import DEFAULT_INTERVAL_S
 
 __all__ = ["main", "build_parser", "GROUPS"]
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None, job: bool = False) -> int:
     """``job=True``: called by a ``jobs/<command>.py`` entry point (usage lines name the job)."""
     parser, commands = _build(job)
     args = parser.parse_args(argv)
-    say = Progress(quiet=args.quiet)
+    say = Progress(quiet=args.quiet, interval_s=getattr(args, "progress_every", DEFAULT_INTERVAL_S))
     try:
         commands[args.command](args, say)
     except QuietFailure:

@@ -17,8 +17,7 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
         "'probabilities', float32 N x n_classes; any batch size. Beside it, FILE.json records the preprocessing, the "
         "labels in index order, the input/output names and shapes, the bundle's model_sha256 and backbone (ONNX: "
         "labels and preprocessing are also in metadata_props). The file is run and compared with the model before "
-        "it appears; FILE and FILE.json appear complete or not at all. --format onnx needs the onnx package: "
-        "pip install 'sparkdl[export]'.",
+        "it appears; FILE and FILE.json appear complete or not at all.",
     )
     p.add_argument(
         "--model",

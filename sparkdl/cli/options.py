@@ -8,20 +8,22 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 
 from sparkdl.config import EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, SessionConfig, TrainConfig, training_defaults
+from sparkdl.progress import DEFAULT_INTERVAL_S, Reporter, spark_ui_url
 
 
-class Progress:
-    def __init__(self, quiet: bool = False) -> None:
+class Progress(Reporter):
+    """The commands' progress: ``[   12.3s] message`` lines on stderr, and the live progress of long stages (a
+    ``rich`` bar when stderr is a terminal, else a line every ``interval_s``); ``quiet``: none of it."""
+
+    def __init__(self, quiet: bool = False, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        super().__init__(quiet=quiet, interval_s=interval_s)
         self.start = time.perf_counter()
-        self.quiet = quiet
 
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
+    def format(self, message: str) -> str:
+        return f"[{time.perf_counter() - self.start:7.1f}s] {message}"
 
 
 class QuietFailure(Exception):
@@ -58,6 +60,16 @@ positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {value}")
+    return value
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text)
@@ -73,8 +85,8 @@ def fraction(text: str) -> float:
 
 def common_parser() -> argparse.ArgumentParser:
     """The parent parser of every Spark command: ``--spark-master``, ``--driver-memory``, ``--json``, ``--quiet``,
-    ``--debug`` (``args.quiet`` and ``args.debug`` are read by ``main``: a command without this parent must define
-    them too)."""
+    ``--progress-every``, ``--debug`` (``args.quiet`` and ``args.debug`` are read by ``main``: a command without this
+    parent must define them too; ``--progress-every`` falls back to its default)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--spark-master",
@@ -84,6 +96,9 @@ def common_parser() -> argparse.ArgumentParser:
     common.add_argument("--driver-memory", default="2g", help="driver JVM heap for local masters (default 2g)")
     common.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     common.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    common.add_argument("--progress-every", type=positive_seconds, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+                        help="seconds between progress reports of long stages on stderr when it is not a terminal "
+                        f"(a terminal gets a live bar) (default {DEFAULT_INTERVAL_S:g})")  # fmt: skip
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return common
 
@@ -190,10 +205,15 @@ def train_config(args) -> TrainConfig:
     return TrainConfig.from_options(options)
 
 
-def session(args):
+def session(args, say=None):
+    """The command's SparkSession; ``say`` gets the Spark UI's URL once (when the UI is on)."""
     from sparkdl.session import build_session
 
-    return build_session(SessionConfig(master=args.spark_master, driver_memory=args.driver_memory))
+    spark = build_session(SessionConfig(master=args.spark_master, driver_memory=args.driver_memory))
+    url = spark_ui_url(spark) if say is not None else None
+    if url:
+        say(f"Spark UI: {url}")
+    return spark
 
 
 # -- summaries -------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def register(sub, common) -> dict:
     p.add_argument("--top-k", type=positive_int, default=5, help="labels kept per image in top_k (default 5)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--partitions", type=positive_int, default=None, help="partitions to predict (default: whole waves of the default parallelism)")
-    p.add_argument("--max-rows-per-partition", type=positive_int, default=2048, help="upper bound of images per task (default 2048)")
+    p.add_argument("--max-rows-per-partition", type=positive_int, default=256, help="upper bound of images per task (default 256)")
     p.add_argument("--threads-per-task", type=positive_int, default=None, help="torch threads per task (default spark.task.cpus)")
     p.add_argument("--max-reject-fraction", type=fraction, default=0.01, help="fail above this fraction of bad images (default 0.01; batch only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing predictions table (batch only)")
@@ -63,7 +63,7 @@ def run_predict(args: argparse.Namespace, say) -> dict:
     from sparkdl.infer.predict import predict_images
 
     say("predict: starting Spark")
-    result = predict_images(session(args), config, progress=say)
+    result = predict_images(session(args, say), config, progress=say)
     payload = {**asdict(result), "images_per_second": result.rows_per_second}
     rows = [*stage_rows(result), ("model", f"{config.model_uri} (sha256 {result.model_sha256[:16]}…, {len(result.labels)} labels)")]
     rows += [(f"accuracy {k}", f"{v:.4f}") for k, v in result.accuracy.items()]
@@ -76,7 +76,7 @@ def _run_stream(args, config, say) -> dict:
     from sparkdl.infer.predict import start_stream
 
     say("predict: starting Spark")
-    handle = start_stream(session(args), config, progress=say)
+    handle = start_stream(session(args, say), config, progress=say)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if threading.current_thread() is threading.main_thread() else None
     try:

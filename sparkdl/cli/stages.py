@@ -7,7 +7,7 @@ from dataclasses import asdict
 from sparkdl.cli.options import (
     add_train_args, fraction, metrics_rows, positive_int, print_summary, session, split_arg, stage_rows, train_config,
 )  # fmt: skip
-from sparkdl.config import FeaturizeConfig, IngestConfig
+from sparkdl.config import DEVICES, PRECISIONS, RUNTIMES, FeaturizeConfig, IngestConfig
 from sparkdl.errors import ConfigError
 
 
@@ -59,8 +59,17 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
     feat.add_argument("--random-init", action="store_true", help="seeded random weights, on purpose (timing runs)")
     feat.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     feat.add_argument("--partitions", type=positive_int, default=None, help="partitions to featurize (default: whole waves of the default parallelism, see --max-rows-per-partition)")
-    feat.add_argument("--max-rows-per-partition", type=positive_int, default=2048, help="upper bound of images per task when --partitions is not given (default 2048)")
+    feat.add_argument("--max-rows-per-partition", type=positive_int, default=256, help="upper bound of images per task when --partitions is not given (default 256: several waves, so progress moves and a slow task costs less)")
     feat.add_argument("--threads-per-task", type=positive_int, default=None, help="torch threads per task (default spark.task.cpus)")
+    feat.add_argument("--precision", choices=PRECISIONS, default="auto",
+                      help="auto (default: the backbone's measured fast and faithful choice: fp32 on onnxruntime for "
+                      "efficientnet_lite0, bf16 for vgg16), fp32 or bf16; a CPU without bf16 instructions computes fp32 "
+                      "and says so")  # fmt: skip
+    feat.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                      help="auto (default: the measured best for the precision), torch or onnxruntime (fp32 only)")
+    feat.add_argument("--device", choices=DEVICES, default="auto",
+                      help="auto (default: the GPU Spark assigned the task, spark.task.resource.gpu.amount, else the "
+                      "CPU), cpu or cuda")  # fmt: skip
     feat.add_argument("--max-reject-fraction", type=fraction, default=0.01, help="fail above this fraction of bad images (default 0.01)")
     feat.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -122,7 +131,7 @@ def run_ingest(args, say) -> dict:
         overwrite=args.overwrite,
     )
     say("ingest: starting Spark")
-    result = ingest_images(session(args), config, progress=say)
+    result = ingest_images(session(args, say), config, progress=say)
     payload = {**asdict(result), "files_per_second": result.rows_per_second}
     hidden_rows = [("hidden folders", result.hidden_folders.summary())] if result.hidden_folders.names else []
     print_summary(
@@ -154,21 +163,30 @@ def run_featurize(args, say) -> dict:
         threads_per_task=args.threads_per_task,
         max_reject_fraction=args.max_reject_fraction,
         overwrite=args.overwrite,
+        precision=args.precision,
+        runtime=args.runtime,
+        device=args.device,
     )
     say("featurize: starting Spark")
-    result = featurize_images(session(args), config, progress=say)
+    result = featurize_images(session(args, say), config, progress=say)
     payload = {**asdict(result), "images_per_second": result.rows_per_second}
     print_summary(
         "featurize summary",
         [
             *stage_rows(result),
             ("backbone", f"{result.backbone['name']} ({result.backbone['feature_dim']}-d, {result.backbone['weights']})"),
+            ("numerics", _numerics_row(result.backbone["numerics"])),
             ("time", f"{result.seconds:.1f} s ({result.rows_per_second:.1f} images/s, {result.partitions} partitions)"),
         ],
         payload,
         args.json,
     )
     return payload
+
+
+def _numerics_row(numerics: dict) -> str:
+    row = f"{numerics['precision']} on {numerics['runtime']} (--device {numerics['device']})"
+    return row + (f"; {numerics['fallback_rows']} rows in fp32 (no bf16 on their CPUs)" if numerics["fallback_rows"] else "")
 
 
 def _failure_row(failure: dict) -> str:
@@ -184,7 +202,7 @@ def run_train(args, say) -> dict:
 
     config = train_config(args)
     say("train: starting Spark")
-    result = train_head(session(args), args.features, args.output, config, overwrite=args.overwrite, progress=say,
+    result = train_head(session(args, say), args.features, args.output, config, overwrite=args.overwrite, progress=say,
                         embed_backbone=args.embed_backbone)  # fmt: skip
     payload = asdict(result)
     print_summary(
@@ -209,7 +227,7 @@ def run_evaluate(args, say) -> dict:
     from sparkdl.train.run import evaluate_model
 
     split = None if args.split == "all" else args.split
-    metrics = evaluate_model(session(args), args.model, args.features, split=split)
+    metrics = evaluate_model(session(args, say), args.model, args.features, split=split)
     payload = {"split": args.split, **metrics.to_json()}
     rows = metrics_rows({args.split: metrics.summary()})
     if len(metrics.confusion) <= 12:
@@ -235,7 +253,7 @@ def run_demo(args, say) -> dict:
     from sparkdl.demo import run_demo as demo
 
     result = demo(
-        session(args),
+        session(args, say),
         workdir=args.workdir,
         max_per_class=args.max_per_class,
         backbone=args.backbone,

@@ -31,6 +31,7 @@ from typing import Callable, Iterator, NamedTuple
 from sparkdl.config import SPLIT_NAMES, IngestConfig
 from sparkdl.data import decode, hadoopfs, outputs, tables
 from sparkdl.errors import ConfigError, DataError
+from sparkdl.progress import stage_progress
 from sparkdl.session import job_description
 
 Progress = Callable[[str], None]
@@ -446,7 +447,9 @@ def _ingest_images(spark, config: IngestConfig, progress: Progress | None) -> In
         validated = validated.unionByName(_loop_rejects(spark, listing.loops, root))
     cached = validated.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts, groups = tables.count_rejects(validated, ("split", "class_dir"))
+        files = len(listing.files) if listing.files is not None else None  # None: Spark's binaryFile lists them
+        with stage_progress(spark, "ingest", say, total_rows=files):
+            counts, groups = tables.count_rejects(validated, ("split", "class_dir"))
         listed = spark_listed_files(raw) if listing.files is None else [f.path for f in listing.files]
         if len(listed) + len(listing.loops) > counts.rows_in:
             # Spark's file sources skip zero-length files without a word; find them and count them as rejects.

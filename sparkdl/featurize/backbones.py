@@ -20,6 +20,7 @@ from torch import nn
 
 from sparkdl.errors import ConfigError
 from sparkdl.featurize import weights as wio
+from sparkdl.featurize.precision import Numerics, OnnxRunner, cuda_half_dtype, effective, pick_device
 from sparkdl.featurize.preprocess import CAFFE_BGR, IMAGENET, TF_LITE, Preprocess
 
 
@@ -35,6 +36,7 @@ class Backbone:
     keras_converter: Callable[[dict], dict] | None = None
     keras_preprocess: Preprocess | None = None
     requires_weights: bool = True
+    numerics: Numerics = Numerics()  # what ``--precision auto --runtime auto`` runs: the measured best (precision.py)
 
     def to_json(self) -> dict:
         return {"name": self.name, "feature_dim": self.feature_dim, "cut": self.cut}
@@ -43,10 +45,14 @@ class Backbone:
 @dataclass
 class LoadedBackbone:
     spec: Backbone
-    module: nn.Module  # eval mode, returns (N, feature_dim)
+    module: nn.Module  # eval mode, fp32 on the CPU, returns (N, feature_dim): what ``sparkdl export`` traces
     preprocess: Preprocess
     weights: str  # where the weights came from: a path, "package:<file>", "seeded-init" or "random-init"
     weights_format: str
+    numerics: Numerics = Numerics()  # what runs (after any fallback): see ``prepare``
+    device: str = "cpu"
+    notice: str | None = None  # why ``numerics`` differs from what was asked, in one line
+    _run: Callable | None = None  # the network that runs: fp32 module, a bf16 / device copy, or an ONNX Runtime session
 
     def describe(self) -> dict:
         return {
@@ -56,9 +62,38 @@ class LoadedBackbone:
             "preprocess": self.preprocess.to_json(),
         }
 
+    def prepare(self, plan: Numerics, device: str = "cpu", threads: int = 1) -> "LoadedBackbone":
+        """Set up the network that computes ``plan`` on ``device`` (``effective``: a CPU without bf16 runs fp32;
+        a GPU runs torch). ``threads``: ONNX Runtime's intra-op threads (torch's are the process's setting)."""
+        numerics, self.notice = effective(plan, device)
+        self.numerics, self.device = numerics, device
+        if numerics.runtime == "onnxruntime":
+            runner = OnnxRunner(self.module, self.preprocess.crop, threads)
+            self._run = lambda batch: torch.from_numpy(runner(batch.numpy()))
+            return self
+        dtype = torch.float32
+        if numerics.precision == "bf16":
+            dtype = cuda_half_dtype(device) if device.startswith("cuda") else torch.bfloat16
+        if dtype == torch.float32 and device == "cpu":
+            net = self.module
+        else:  # a converted copy: ``module`` stays the fp32 CPU reference
+            import copy
+
+            net = copy.deepcopy(self.module).to(device=device, dtype=dtype)
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            x = batch.to(device=device, dtype=dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            return net(x).float().cpu()
+
+        self._run = run
+        return self
+
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.module(batch.contiguous(memory_format=torch.channels_last))
+        """(N, 3, crop, crop) float32 on the CPU -> (N, feature_dim) float32 on the CPU."""
+        if self._run is None:
+            return self.module(batch.contiguous(memory_format=torch.channels_last))
+        return self._run(batch)
 
 
 _REGISTRY: dict[str, Backbone] = {}
@@ -124,11 +159,19 @@ def read_weights(name: str, weights: str | os.PathLike) -> tuple[dict, Preproces
     return state, preprocess
 
 
-def load_backbone(name: str, weights: str | os.PathLike | None = None, random_init: bool = False) -> LoadedBackbone:
+def load_backbone(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    random_init: bool = False,
+    numerics: Numerics | None = None,
+    device: str = "cpu",
+    threads: int = 1,
+) -> LoadedBackbone:
     """Build ``name``'s feature extractor with its weights: from ``weights`` if given, else the embedded default.
 
     ``random_init=True`` builds it with seeded random weights on purpose (timing runs); a backbone that needs
-    weights and gets neither raises ConfigError.
+    weights and gets neither raises ConfigError. ``numerics`` (default fp32 torch) and ``device`` (``cpu``,
+    ``cuda[:i]`` or ``auto``): how it computes, see :meth:`LoadedBackbone.prepare`.
     """
     spec = get_backbone(name)
     state, fmt, source, preprocess = _resolve_weights(spec, weights, random_init)
@@ -139,7 +182,8 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, random_in
     module = spec.extractor(net).eval().to(memory_format=torch.channels_last)
     for p in module.parameters():
         p.requires_grad_(False)
-    return LoadedBackbone(spec=spec, module=module, preprocess=preprocess, weights=source, weights_format=fmt)
+    loaded = LoadedBackbone(spec=spec, module=module, preprocess=preprocess, weights=source, weights_format=fmt)
+    return loaded.prepare(numerics or Numerics(), pick_device(device) if device in ("auto", "cuda") else device, threads)
 
 
 def check_backbone(name: str, weights: str | os.PathLike | None = None, random_init: bool = False) -> dict:
@@ -191,6 +235,7 @@ register(
         extractor=_PooledFeatures,
         preprocess=TF_LITE,
         default_weights=_lite0_weights,
+        numerics=Numerics("fp32", "onnxruntime"),
     )
 )
 
@@ -207,6 +252,7 @@ register(
         preprocess=IMAGENET,
         keras_converter=keras_vgg16_to_state_dict,
         keras_preprocess=CAFFE_BGR,
+        numerics=Numerics("bf16", "torch"),
     )
 )
 

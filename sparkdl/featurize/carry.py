@@ -23,6 +23,7 @@ from pathlib import Path
 from sparkdl.data import hadoopfs
 from sparkdl.errors import ConfigError, DataError
 from sparkdl.featurize.backbones import LoadedBackbone, get_backbone, load_backbone, read_weights
+from sparkdl.featurize.precision import Numerics
 from sparkdl.featurize.preprocess import Preprocess
 from sparkdl.featurize.weights import file_digest, save_state_dict
 
@@ -82,14 +83,19 @@ class ResolvedBackbone:
     weights: str | None  # a local file (bundle / reference), None for the package default or a seeded init
     random_init: bool = False
     package_sha256: str | None = None  # the package default's digest: checked again wherever it is loaded
+    numerics: Numerics = Numerics()  # how the features were computed (precision, runtime): computed the same way
 
-    def load(self, weights: str | None = None) -> LoadedBackbone:
-        """``weights``: where the weights file is in this process (an executor's shipped copy), default ours."""
+    def load(self, weights: str | None = None, device: str = "auto") -> LoadedBackbone:
+        """``weights``: where the weights file is in this process (an executor's shipped copy), default ours.
+        ``device``: ``auto`` (the task's GPU, else the CPU), ``cpu`` or ``cuda``."""
+        import torch
+
         path = weights or self.weights
         if path is None and self.package_sha256:  # an executor may have another version of the package installed
             default = get_backbone(self.name).default_weights()
             _check_sha(file_digest(default), self.package_sha256, f"the installed weights {default} (on this host)")
-        loaded = load_backbone(self.name, weights=path, random_init=self.random_init and path is None)
+        loaded = load_backbone(self.name, weights=path, random_init=self.random_init and path is None,
+                               numerics=self.numerics, device=device, threads=torch.get_num_threads())  # fmt: skip
         loaded.preprocess = self.preprocess  # the preprocessing the features were made with
         return loaded
 
@@ -106,26 +112,30 @@ def resolve_backbone(backbone: dict, bundle_dir: Path, spark=None, scratch: Path
         preprocess = Preprocess(**backbone["preprocess"]) if backbone.get("preprocess") else spec.preprocess
     except (TypeError, ValueError) as exc:
         raise DataError(f"{bundle_dir}/config.json: field 'backbone.preprocess' is malformed ({exc})") from None
+    try:
+        numerics = Numerics.from_json(backbone.get("numerics"))
+    except ConfigError as exc:
+        raise DataError(f"{bundle_dir}/config.json: field 'backbone.numerics' is malformed ({exc})") from None
     carried = backbone.get("carried") or _legacy(backbone)
     kind = carried.get("kind")
     if kind == "seeded":
-        return ResolvedBackbone(name, spec.feature_dim, preprocess, None, bool(carried.get("random_init")))
+        return ResolvedBackbone(name, spec.feature_dim, preprocess, None, bool(carried.get("random_init")), numerics=numerics)
     if kind == "package":
         path = spec.default_weights()
         sha = file_digest(path)
         _check_sha(sha, carried.get("sha256"), f"the installed {carried.get('package') or 'package'} weights {path}")
-        return ResolvedBackbone(name, spec.feature_dim, preprocess, None, package_sha256=sha)
+        return ResolvedBackbone(name, spec.feature_dim, preprocess, None, package_sha256=sha, numerics=numerics)
     if kind == "bundle":
         path = bundle_dir / str(carried.get("file") or BACKBONE_FILE)
         if not path.is_file():
             raise DataError(f"{path} is missing: the model bundle is incomplete; copy the whole directory")
         _check_sha(file_digest(path), carried.get("sha256"), str(path))
-        return ResolvedBackbone(name, spec.feature_dim, preprocess, str(path))
+        return ResolvedBackbone(name, spec.feature_dim, preprocess, str(path), numerics=numerics)
     if kind == "reference":
         uri = str(carried.get("uri") or "")
         local = _fetch(spark, uri, scratch)
         _check_sha(file_digest(local), carried.get("sha256"), f"the backbone weights file {uri}")
-        return ResolvedBackbone(name, spec.feature_dim, preprocess, str(local))
+        return ResolvedBackbone(name, spec.feature_dim, preprocess, str(local), numerics=numerics)
     raise DataError(f"{bundle_dir}/config.json: field 'backbone.carried.kind' must be one of {KINDS}, got {kind!r}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,14 +28,17 @@ from sparkdl.data.arrow import list_column
 from sparkdl.data.decode import ImageDecodeError, decode_image
 from sparkdl.data.features import FEATURES_COLUMNS, FEATURES_FORMAT, IMAGES_TYPES
 from sparkdl.errors import DataError
-from sparkdl.featurize.backbones import LoadedBackbone, check_backbone, list_backbones, load_backbone
+from sparkdl.featurize.backbones import LoadedBackbone, check_backbone, get_backbone, list_backbones, load_backbone
+from sparkdl.featurize.precision import DEVICES, PRECISIONS, RUNTIMES, Numerics, choose, pick_device
+from sparkdl.progress import stage_progress
 from sparkdl.session import job_description
 
 Progress = Callable[[str], None]
 
 
 class _WorkerModels:
-    """The one backbone a Python worker holds, keyed by (backbone, weights file identity, random_init).
+    """The one backbone a Python worker holds, keyed by (backbone, weights file identity, random_init, numerics,
+    device, threads).
 
     Deliberately process-wide: this is how "one model per Python worker, reused across tasks" is achieved. Holding
     one entry bounds memory (VGG16 is ~550 MB); asking for another backbone replaces it.
@@ -46,16 +50,22 @@ class _WorkerModels:
         self._model: LoadedBackbone | None = None
         self.loads = 0
 
-    def get(self, backbone: str, weights: str | None, random_init: bool) -> LoadedBackbone:
+    def get(
+        self, backbone: str, weights: str | None, random_init: bool, numerics: Numerics = Numerics(),
+        device: str = "cpu", threads: int = 1,
+    ) -> LoadedBackbone:  # fmt: skip
         ident = None
         if weights is not None:
             st = os.stat(weights)
             ident = (os.path.abspath(weights), st.st_size, st.st_mtime_ns)
-        key = (backbone, ident, random_init)
+        key = (backbone, ident, random_init, numerics, device, threads)
         with self._lock:
             if self._key != key or self._model is None:
                 self._model = None  # free the old one before building the next
-                self._model = load_backbone(backbone, weights=weights, random_init=random_init)
+                self._model = load_backbone(backbone, weights=weights, random_init=random_init, numerics=numerics,
+                                            device=device, threads=threads)  # fmt: skip
+                if self._model.notice:
+                    print(f"sparkdl featurize: {self._model.notice}", file=sys.stderr, flush=True)
                 self._key = key
                 self.loads += 1
             return self._model
@@ -89,9 +99,9 @@ def _shipped_weights_path(path: str | None, expected_size: int | None) -> str | 
     return resolved
 
 
-def use_task_threads(threads: int = 0) -> None:
+def use_task_threads(threads: int = 0) -> int:
     """Executor side: torch uses ``threads`` threads (0: ``spark.task.cpus`` of the running task, 1 outside a task),
-    so concurrent tasks do not oversubscribe the cores."""
+    so concurrent tasks do not oversubscribe the cores. Returns the count."""
     import torch
 
     if threads <= 0:
@@ -101,6 +111,7 @@ def use_task_threads(threads: int = 0) -> None:
         threads = max(1, ctx.cpus() if ctx is not None else 1)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    return threads
 
 
 def featurize_arrow_batches(
@@ -117,16 +128,24 @@ def featurize_arrow_batches(
     error_col: str,
     handle_invalid: str = "keep",
     keep_input: bool = False,
+    numerics: dict | None = None,
+    device: str = "auto",
+    fallback_rows=None,
 ) -> Iterator:
     """Images (encoded bytes or Spark's image struct) in Arrow record batches -> the same rows (without
     ``input_col`` unless ``keep_input``), plus features and errors. ``handle_invalid``: an image that does not
-    decode gets null features and its error ("keep"), fails the task ("error") or drops its row ("skip")."""
+    decode gets null features and its error ("keep"), fails the task ("error") or drops its row ("skip").
+    ``numerics``: the driver's resolved plan (``Numerics.to_json``); rows this host computes otherwise (a CPU without
+    bf16) are added to the ``fallback_rows`` accumulator when one is given."""
     import numpy as np
     import pyarrow as pa
     import torch
 
-    use_task_threads(threads)
-    model = WORKER_MODELS.get(backbone, _shipped_weights_path(weights, weights_size), random_init)
+    threads = use_task_threads(threads)
+    plan = Numerics.from_json(numerics)
+    model = WORKER_MODELS.get(backbone, _shipped_weights_path(weights, weights_size), random_init, plan,
+                              pick_device(device), threads)  # fmt: skip
+    fell_back = model.numerics.precision != plan.precision
     prep = model.preprocess
     dim = model.spec.feature_dim
 
@@ -155,6 +174,8 @@ def featurize_arrow_batches(
             if arrays:
                 out = model(torch.from_numpy(np.stack(arrays)))
                 values[good] = out.numpy()
+                if fell_back and fallback_rows is not None:
+                    fallback_rows.add(len(arrays))
             valid = np.zeros(n, dtype=bool)
             valid[good] = True
             features = list_column(values, valid)
@@ -217,6 +238,11 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         P.one_of("handleInvalid", HANDLE_INVALID),
     )
     keepInputCol = P.param("keepInputCol", "keep the input column in the output", P.boolean("keepInputCol"))
+    precision = P.param(
+        "precision", "auto (the backbone's measured fast and faithful choice), fp32 or bf16", P.one_of("precision", PRECISIONS)
+    )
+    runtime = P.param("runtime", "auto, torch or onnxruntime (fp32 only)", P.one_of("runtime", RUNTIMES))
+    device = P.param("device", "auto (the GPU Spark assigned the task, else CPU), cpu or cuda", P.one_of("device", DEVICES))
 
     @keyword_only
     def __init__(
@@ -232,6 +258,9 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         errorCol: str = "featurize_error",
         handleInvalid: str = "keep",
         keepInputCol: bool = True,
+        precision: str = "auto",
+        runtime: str = "auto",
+        device: str = "auto",
     ) -> None:
         super().__init__()
         self._setDefault(
@@ -245,8 +274,15 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
             errorCol="featurize_error",
             handleInvalid="keep",
             keepInputCol=True,
+            precision="auto",
+            runtime="auto",
+            device="auto",
         )
         self._set(**self._input_kwargs)
+
+    def numerics(self) -> Numerics:
+        """What ``precision`` and ``runtime`` resolve to for this backbone (what every executor runs)."""
+        return choose(get_backbone(self.getBackbone()).numerics, self.getPrecision(), self.getRuntime())
 
     def _output_fields(self, dataset) -> list:
         """The input's fields (less ``inputCol`` unless kept) + outputCol + errorCol, refusing a name clash."""
@@ -262,6 +298,10 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         return fields + [StructField(out_col, ArrayType(FloatType())), StructField(err_col, StringType())]
 
     def _transform(self, dataset):
+        return self._featurize(dataset)
+
+    def _featurize(self, dataset, fallback_rows=None):
+        """``transform``; ``fallback_rows``: an accumulator counting rows a host computed in fp32 for lack of bf16."""
         from pyspark.sql.types import StructType
 
         check_image_column(dataset, self.getInputCol(), "inputCol", "ImageFeaturizer")
@@ -284,6 +324,9 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
             error_col=self.getErrorCol(),
             handle_invalid=self.getHandleInvalid(),
             keep_input=self.getKeepInputCol(),
+            numerics=self.numerics().to_json(),
+            device=self.getDevice(),
+            fallback_rows=fallback_rows,
         )
         return dataset.mapInArrow(fn, schema)
 
@@ -364,7 +407,8 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
 
     # Always rebalance: the backbone costs ~1000x more per row than moving the row, and file splits can leave a
     # partition empty (one Parquet row group read by two byte-range splits gives one task all the rows).
-    target = config.partitions or plan_partitions(images.count(), spark.sparkContext.defaultParallelism, config.max_rows_per_partition)
+    rows = None if config.partitions else images.count()  # no count job only for progress: tasks shown instead
+    target = config.partitions or plan_partitions(rows, spark.sparkContext.defaultParallelism, config.max_rows_per_partition)
     images = images.repartition(target)
     featurizer = ImageFeaturizer(
         inputCol="image",
@@ -376,8 +420,15 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         threadsPerTask=config.threads_per_task or 0,
         errorCol="featurize_error",
         keepInputCol=False,  # the features table holds no image bytes
+        precision=config.precision,
+        runtime=config.runtime,
+        device=config.device,
     )
-    out = featurizer.transform(images)
+    plan = featurizer.numerics()
+    say(f"featurize: computing {plan.describe()} (--precision {config.precision}, --runtime {config.runtime}, "
+        f"--device {config.device})")  # fmt: skip
+    fallback_rows = spark.sparkContext.accumulator(0)
+    out = featurizer._featurize(images, fallback_rows=fallback_rows)
     out = out.withColumn(tables.REASON_COL, F.substring_index("featurize_error", ":", 1)).withColumn(
         tables.DETAIL_COL, F.col("featurize_error")
     )
@@ -385,7 +436,8 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
     sink = outputs.TableOutput(spark, config.output_uri, "featurize").open()
     try:
         say(f"featurize: {target} partitions, batch {config.batch_size}; running the backbone")
-        counts, groups = tables.count_rejects(cached, ("split",))
+        with stage_progress(spark, "featurize", say, total_rows=rows, tasks=target):
+            counts, groups = tables.count_rejects(cached, ("split",))
         if counts.rows_in == 0:
             raise DataError(f"{config.input_uri} has no rows")
         say(f"featurize: {counts.rows_in} images, {counts.rejected} rejected {counts.by_reason or ''}".rstrip())
@@ -400,6 +452,10 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         cached.unpersist()
     seconds = time.perf_counter() - start
     split_counts = tables.kept_counts(groups, 0)
+    backbone_info["numerics"] = {**plan.to_json(), "device": config.device, "fallback_rows": int(fallback_rows.value)}
+    if fallback_rows.value:
+        say(f"featurize: {fallback_rows.value} rows were computed in fp32, not {plan.precision}: their hosts' CPUs "
+            "have no bf16 instructions (see the executors' stderr)")  # fmt: skip
     meta = {
         "format": FEATURES_FORMAT,
         "stage": "featurize",

@@ -329,6 +329,8 @@ def export_model(config: ExportConfig, spark=None, progress: Callable[[str], Non
     net = classifier.network()
     crop = classifier.preprocess.crop
     description = describe(classifier, config)
+    # what the file computes: the fp32 network, whatever precision the bundle's features were computed in
+    description["numerics"] = {"file": "fp32", "bundle": classifier.spec.backbone.numerics.to_json()}
     out, side = config.output_path, config.sidecar_path
     out.parent.mkdir(parents=True, exist_ok=True)
     partial, side_partial = out.with_name(out.name + ".partial"), side.with_name(side.name + ".partial")
@@ -347,7 +349,8 @@ def export_model(config: ExportConfig, spark=None, progress: Callable[[str], Non
             say("onnxruntime is not installed: the exported file was not run (pip install onnxruntime to check it)")
         else:
             got, runner = ran
-            expected = classifier.probabilities(check)
+            with torch.inference_mode():  # the fp32 network written (the bundle's backbone may compute in bf16)
+                expected = net(torch.from_numpy(check)).numpy()
             diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
             if not diff <= TOLERANCE:
                 raise DataError(f"the exported {config.format} file disagrees with the model: max |difference| {diff:.3g} "

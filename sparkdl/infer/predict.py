@@ -30,6 +30,7 @@ from sparkdl.data import hadoopfs, outputs, tables
 from sparkdl.errors import DataError
 from sparkdl.featurize.featurizer import _shipped_weights_path, check_image_column, plan_partitions, use_task_threads
 from sparkdl.infer.classifier import ClassifierSpec, ImageClassifier, resolve_bundle
+from sparkdl.progress import stage_progress
 
 Progress = Callable[[str], None]
 PREDICTIONS_FORMAT = "sparkdl.predictions/1"
@@ -285,7 +286,8 @@ def _predict_images(spark, config: PredictConfig, progress: Progress | None) -> 
     spec_bc = None
     try:
         df, listed = _input_frame(spark, config, stream=False)
-        target = config.partitions or plan_partitions(df.count(), spark.sparkContext.defaultParallelism, config.max_rows_per_partition)
+        rows = None if config.partitions else df.count()  # no count job only for progress: tasks shown instead
+        target = config.partitions or plan_partitions(rows, spark.sparkContext.defaultParallelism, config.max_rows_per_partition)
         predicted, spec_bc = _predicted(df.repartition(target), shipped, config)
         if listed is not None:
             predicted = predicted.unionByName(_unread_rejects(spark, predicted, listed))
@@ -293,7 +295,8 @@ def _predict_images(spark, config: PredictConfig, progress: Progress | None) -> 
         try:
             say(f"predict: {target} partitions, batch {config.batch_size}; running the backbone and the head")
             keys = ("split",) if "split" in cached.columns else ()
-            counts, groups = tables.count_rejects(cached, keys)
+            with stage_progress(spark, "predict", say, total_rows=rows, tasks=target):
+                counts, groups = tables.count_rejects(cached, keys)
             if counts.rows_in == 0:
                 raise DataError(f"{source} has no images")
             say(f"predict: {counts.rows_in} images, {counts.rejected} rejected {counts.by_reason or ''}".rstrip())

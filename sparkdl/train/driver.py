@@ -23,6 +23,7 @@ from sparkdl.data.features import validate_features
 from sparkdl.errors import ConfigError, DataError, DivergedError, SparkDLError, WorkerFailedError
 from sparkdl.launch import build_launcher
 from sparkdl.model import HeadSpec
+from sparkdl.progress import stage_progress
 from sparkdl.session import job_description
 from sparkdl.train.checkpoint import Checkpoint, CheckpointStore, Resume, checkpoint_epoch
 from sparkdl.train.events import CheckpointEvent, EpochEvent, FailureEvent, RoundEvent, TrainingListener, from_json, notify
@@ -51,18 +52,22 @@ def head_classes(head: nn.Module, n_classes: int | None) -> int:
     return linears[-1].out_features
 
 
-def lay_out(features, workers: int, n_classes: int, with_valid: bool):
+def lay_out(features, workers: int, n_classes: int, with_valid: bool, progress=None):
     """Validate the features (``DataError`` naming every problem), check every worker gets a training row, and pack
     the shards (``valid`` too when ``with_valid`` and the table has any). Returns (``validate_features`` info,
-    persisted shards RDD). Its Spark jobs show ``sparkdl train: checking the features, ...``."""
-    with job_description(features.sparkSession, "train", f"checking the features, sharding them for {workers} workers"):
+    persisted shards RDD). Its Spark jobs show ``sparkdl train: checking the features, ...``; ``progress`` shows
+    the packing pass live (``progress.stage_progress``)."""
+    spark = features.sparkSession
+    with job_description(spark, "train", f"checking the features, sharding them for {workers} workers"):
         info = validate_features(features, n_classes)
         if info["train"] < workers:
             raise DataError(
                 f"{info['train']} training rows cannot feed {workers} workers (each needs at least one): lower --workers"
             )
         parts = ("train", "valid") if with_valid and info["valid"] else ("train",)
-        return info, build_shards(features, info["per_partition"], parts, workers)
+        rows, tasks = info["train"] + info["valid"] + info["test"], len(info["per_partition"])
+        with stage_progress(spark, "train", progress, total_rows=rows, tasks=tasks):
+            return info, build_shards(features, info["per_partition"], parts, workers)
 
 
 def steps_per_epoch(train_rows: int, workers: int, rows_per_step: int) -> int:
@@ -109,8 +114,9 @@ class TrainingMaster:
         self.launcher = launcher
 
     def fit(self, features, head: nn.Module, n_classes: int | None = None,
-            listeners: Sequence[TrainingListener] = ()) -> TrainResult:  # fmt: skip
-        """``n_classes`` defaults to the head's output size (``head_classes``)."""
+            listeners: Sequence[TrainingListener] = (), progress=None) -> TrainResult:  # fmt: skip
+        """``n_classes`` defaults to the head's output size (``head_classes``). ``progress`` (a
+        ``Callable[[str], None]``): the layout pass's live progress (``progress.stage_progress``)."""
         cfg, run = self.config, self.config.run
         n_classes = head_classes(head, n_classes)
         start = time.perf_counter()
@@ -120,7 +126,7 @@ class TrainingMaster:
         if run.resume and not run.checkpoint_dir:
             raise ConfigError("--resume needs a checkpoint directory to resume from (--checkpoint-dir)")
         store = CheckpointStore(run.checkpoint_dir, run.keep_checkpoints, spark) if run.checkpoint_dir else None
-        fit = _Fit(cfg, features, head, n_classes, listeners, launcher, store)
+        fit = _Fit(cfg, features, head, n_classes, listeners, launcher, store, progress)
         try:
             fit.lay_out(run.workers)
             resume = fit.resume_from_store() if run.resume else None
@@ -143,9 +149,10 @@ class _Fit:
     """One ``fit`` call: the shards, checkpoints and attempts (a failed barrier stage is launched again from the
     latest checkpoint, on fewer workers when the fit is elastic and slots were lost)."""
 
-    def __init__(self, config: TrainConfig, features, head, n_classes: int, listeners, launcher, store) -> None:
+    def __init__(self, config: TrainConfig, features, head, n_classes: int, listeners, launcher, store,
+                 progress=None) -> None:  # fmt: skip
         self.config, self.features, self.head, self.n_classes = config, features, head, n_classes
-        self.listeners, self.launcher, self.store = list(listeners), launcher, store
+        self.listeners, self.launcher, self.store, self.progress = list(listeners), launcher, store, progress
         self.spark = features.sparkSession
         self.shards = None
         self.failures: list[dict] = []
@@ -172,7 +179,8 @@ class _Fit:
         cfg = self.config
         self.release()
         self.workers = workers
-        self.info, self.shards = lay_out(self.features, workers, self.n_classes, with_valid=cfg.run.execution == "barrier")
+        barrier = cfg.run.execution == "barrier"
+        self.info, self.shards = lay_out(self.features, workers, self.n_classes, with_valid=barrier, progress=self.progress)
         self.dim = self.info["feature_dim"]
         self.steps = steps_per_epoch(self.info["train"], workers, cfg.rows_per_step)
         counts = json.dumps(self.info["per_partition"], sort_keys=True).encode()

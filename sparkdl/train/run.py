@@ -18,6 +18,7 @@ from sparkdl.errors import DataError
 from sparkdl.evaluate import Metrics, evaluate_head
 from sparkdl.featurize.backbones import list_backbones
 from sparkdl.featurize.carry import carry_backbone
+from sparkdl.featurize.precision import Numerics
 from sparkdl.session import job_description
 from sparkdl.model import HeadSpec, build_head
 from sparkdl.train.listeners import EventLog, ScoreListener, StatsCollector
@@ -144,7 +145,7 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
     start = time.perf_counter()
     # the masters describe their own jobs (the fit, per round in the ``rounds`` execution)
     listeners = [events, stats, ScoreListener(say, every=config.score_every)]
-    result = build_master(config, launcher).fit(df, head, len(labels), listeners=listeners)
+    result = build_master(config, launcher).fit(df, head, len(labels), listeners=listeners, progress=progress)
     for problem in result.stats["checkpoint_errors"]:
         warnings.append(problem)
         say(f"train: warning: {problem}")
@@ -221,7 +222,8 @@ def _carried_backbone(spark, meta: dict | None, embed: bool, scratch: Path, say:
         say(f"train: the features table {what}: the model will score features, not images")
         return backbone, {}
     carried, file = carry_backbone(spark, backbone, embed, scratch)
-    say(f"train: the model carries its backbone {backbone['name']} ({carried['kind']})")
+    numerics = Numerics.from_json(backbone.get("numerics"))  # predict and serve compute features the same way
+    say(f"train: the model carries its backbone {backbone['name']} ({carried['kind']}; features in {numerics.describe()})")
     return {**backbone, "carried": carried}, ({file.name: file} if file is not None else {})
 
 
