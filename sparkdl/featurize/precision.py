@@ -4,7 +4,7 @@ Chosen by measurement on real images with the real weights (``BENCHMARKS.md``, `
 
 * EfficientNet-Lite0: fp32 on ONNX Runtime: identical features (per-row cosine to torch fp32 ≥ 0.99999) at ≈ 3.5×
   torch's speed (torch's depthwise convolutions are slow on CPU). bf16 is faster than torch fp32 too, but its
-  depthwise convolutions lose too much (per-row cosine 0.994 on the digits): it is allowed, never chosen.
+  depthwise convolutions lose too much (min per-row cosine 0.987 on the 1,797 digits): it is allowed, never chosen.
 * VGG16: bf16 on torch (oneDNN; AMX or AVX-512 BF16): 3-4× fp32 on the machines measured, cosine ≥ 0.99999.
 * int8 is not offered: ONNX Runtime's static quantization (QDQ, per-channel, MinMax calibration on the user's
   images) reached only 0.95 per-row cosine on EfficientNet-Lite0 (BENCHMARKS.md), below the 0.99 this project asks.
@@ -143,7 +143,8 @@ def cuda_half_dtype(device: str):
 
 class OnnxRunner:
     """A torch feature extractor exported to ONNX (in memory, in this process: deterministic for one torch
-    version) and run by ONNX Runtime's CPU provider with ``threads`` intra-op threads."""
+    version) for ``crop`` x ``crop`` inputs and any batch size (VGG16's adaptive pooling exports only with a fixed
+    input size), run by ONNX Runtime's CPU provider with ``threads`` intra-op threads."""
 
     INPUT, OUTPUT = "images", "features"
 
@@ -159,7 +160,7 @@ class OnnxRunner:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
             torch.onnx.export(module, torch.zeros(1, 3, crop, crop), buf, input_names=[self.INPUT],
-                              output_names=[self.OUTPUT], dynamic_axes={self.INPUT: {0: "n", 2: "h", 3: "w"}, self.OUTPUT: {0: "n"}},
+                              output_names=[self.OUTPUT], dynamic_axes={self.INPUT: {0: "n"}, self.OUTPUT: {0: "n"}},
                               opset_version=17, dynamo=False)  # fmt: skip
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)

@@ -99,3 +99,19 @@ def test_cpu_flags_are_read_from_this_host():
     flags = P.cpu_flags()
     assert isinstance(flags, frozenset)
     assert P.cpu_has_bf16(flags) == bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
+
+
+@pytest.mark.parametrize("name", ["tiny", "efficientnet_lite0", pytest.param("vgg16", marks=pytest.mark.slow)])
+def test_the_onnxruntime_runtime_computes_torchs_fp32_features(name):
+    """Every backbone exports and runs on ONNX Runtime (VGG16: its adaptive pooling needs a fixed input size)."""
+    import numpy as np
+    import torch
+
+    from sparkdl.featurize.backbones import load_backbone
+
+    reference = load_backbone(name, random_init=name == "vgg16")
+    ort = load_backbone(name, random_init=name == "vgg16", numerics=Numerics("fp32", "onnxruntime"), threads=2)
+    assert ort.numerics == Numerics("fp32", "onnxruntime") and ort.notice is None
+    crop = reference.preprocess.crop
+    batch = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 3, crop, crop)).astype(np.float32))
+    np.testing.assert_allclose(ort(batch).numpy(), reference(batch).numpy(), rtol=1e-4, atol=1e-5)
