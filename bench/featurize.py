@@ -13,6 +13,7 @@ reference; the Spark path runs each --numerics setup (precision:runtime) and rep
 
     python bench/featurize.py --backbones efficientnet_lite0,vgg16 --images 480,96
     python bench/featurize.py --fidelity
+    python bench/featurize.py --incremental --backbones efficientnet_lite0 --images 2000 --added 0.1
 
 Prints one JSON object.
 """
@@ -140,6 +141,42 @@ def fidelity(spark, work: Path, per_class: int | None) -> dict:
     return out
 
 
+def incremental_bench(spark, work: Path, backbone: str, n: int, added: float, repeats: int, batch: int) -> dict:
+    """An images table of ``n`` photos featurized in full; then ``added`` x n new photos appended: the incremental
+    run's wall time vs a full run of the grown table (interleaved, ``repeats`` times; medians)."""
+    from sparkdl.config import FeaturizeConfig
+    from sparkdl.featurize.featurizer import featurize_images
+
+    random_init = backbone == "vgg16"
+    extra = int(round(n * added))
+    images = make_jpegs(n + extra)
+    schema = "path string, label string, label_index int, split string, image binary"
+    rows = [(f"file:/bench/c{i % 4}/{i}.jpg", f"c{i % 4}", i % 4, "train", images[i]) for i in range(n + extra)]
+    base, grown = str(work / "inc-base.parquet"), str(work / "inc-grown.parquet")
+    spark.createDataFrame(rows[:n], schema).coalesce(1).write.mode("overwrite").parquet(base)
+    spark.createDataFrame(rows, schema).coalesce(1).write.mode("overwrite").parquet(grown)
+
+    def run(table: str, out: str, incremental: bool) -> tuple[float, dict]:
+        cfg = FeaturizeConfig(input_uri=table, output_uri=out, backbone=backbone, random_init=random_init,
+                              batch_size=batch, overwrite=True, incremental=incremental)  # fmt: skip
+        start = time.perf_counter()
+        result = featurize_images(spark, cfg)
+        return time.perf_counter() - start, result.incremental
+
+    run(base, str(work / "inc-warm.parquet"), False)  # warm-up: JVM code paths, Python workers, the model
+    full_s, inc_s, counts = [], [], None
+    for _ in range(repeats):
+        run(base, str(work / "inc-out.parquet"), False)  # the previous day's table
+        seconds, counts = run(grown, str(work / "inc-out.parquet"), True)
+        inc_s.append(seconds)
+        full_s.append(run(grown, str(work / "inc-full.parquet"), False)[0])
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {"backbone": backbone, "images_before": n, "images_added": extra, "repeats": repeats, "counts": counts,
+            "full_seconds_all": [round(x, 2) for x in full_s], "incremental_seconds_all": [round(x, 2) for x in inc_s],
+            "full_seconds_median": round(med(full_s), 2), "incremental_seconds_median": round(med(inc_s), 2),
+            "ratio_incremental_to_full": round(med(inc_s) / med(full_s), 3)}  # fmt: skip
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", default="efficientnet_lite0,vgg16")
@@ -151,6 +188,9 @@ def main(argv=None) -> int:
                     help="Spark path setups as precision:runtime, comma-separated (the same resolved setup runs once)")
     ap.add_argument("--fidelity", action="store_true", help="only the fidelity check on the demo's digits (real Lite0 weights)")
     ap.add_argument("--per-class", type=int, default=None, help="--fidelity: digits per class (default all 1,797)")
+    ap.add_argument("--incremental", action="store_true",
+                    help="only the incremental check: --images N photos, then --added x N more (first --backbones)")
+    ap.add_argument("--added", type=float, default=0.1, help="--incremental: fraction of new images (default 0.1)")
     args = ap.parse_args(argv)
 
     from sparkdl.config import SessionConfig
@@ -172,6 +212,15 @@ def main(argv=None) -> int:
         "results": [],
     }
     report["host"] = describe_host()
+    if args.incremental:
+        try:
+            report = {**report, "benchmark": "featurize-incremental",
+                      **incremental_bench(spark, work, backbones[0], counts[0], args.added, args.repeats, args.batch_size)}
+        finally:
+            spark.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(report, indent=2))
+        return 0
     if args.fidelity:
         try:
             report = {**report, "benchmark": "featurize-fidelity", **fidelity(spark, work, args.per_class)}

@@ -134,6 +134,7 @@ class FeaturizeConfig:
     threads_per_task: int | None = None
     max_reject_fraction: float = 0.01
     overwrite: bool = False
+    incremental: bool = False  # reuse the existing output's rows whose (path, sha256) did not change
     precision: str = "auto"  # auto | fp32 | bf16 (sparkdl.featurize.precision)
     runtime: str = "auto"  # auto | torch | onnxruntime
     device: str = "auto"  # auto | cpu | cuda

@@ -61,6 +61,10 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
     feat.add_argument("--partitions", type=positive_int, default=None, help="partitions to featurize (default: whole waves of the default parallelism, see --max-rows-per-partition)")
     feat.add_argument("--max-rows-per-partition", type=positive_int, default=256, help="upper bound of images per task when --partitions is not given (default 256: several waves, so progress moves and a slow task costs less)")
     feat.add_argument("--threads-per-task", type=positive_int, default=None, help="torch threads per task (default spark.task.cpus)")
+    feat.add_argument("--incremental", action="store_true",
+                      help="when --output exists and was made the same way (backbone, weights, preprocessing, "
+                      "precision): reuse its rows whose (path, content sha256) are unchanged, compute new and changed "
+                      "images, drop removed ones; the new table replaces the old one atomically")  # fmt: skip
     feat.add_argument("--precision", choices=PRECISIONS, default="auto",
                       help="auto (default: the backbone's measured fast and faithful choice: fp32 on onnxruntime for "
                       "efficientnet_lite0, bf16 for vgg16), fp32 or bf16; a CPU without bf16 instructions computes fp32 "
@@ -163,6 +167,7 @@ def run_featurize(args, say) -> dict:
         threads_per_task=args.threads_per_task,
         max_reject_fraction=args.max_reject_fraction,
         overwrite=args.overwrite,
+        incremental=args.incremental,
         precision=args.precision,
         runtime=args.runtime,
         device=args.device,
@@ -176,6 +181,8 @@ def run_featurize(args, say) -> dict:
             *stage_rows(result),
             ("backbone", f"{result.backbone['name']} ({result.backbone['feature_dim']}-d, {result.backbone['weights']})"),
             ("numerics", _numerics_row(result.backbone["numerics"])),
+            *([("incremental", "{reused} reused, {computed} computed ({new} new, {changed} changed), {dropped} dropped"
+                .format(**result.incremental))] if result.incremental.get("enabled") else []),
             ("time", f"{result.seconds:.1f} s ({result.rows_per_second:.1f} images/s, {result.partitions} partitions)"),
         ],
         payload,

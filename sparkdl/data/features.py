@@ -1,4 +1,6 @@
-"""The features table: ``path string, label string, label_index int, split string, features array<float>``,
+"""The features table: ``path string, label string, label_index int, split string, features array<float>,
+sha256 string`` (of the image's bytes: what ``featurize --incremental`` matches rows by; tables written before it
+lack the column and are still read),
 with ``<name>.meta.json`` beside it (label mapping, backbone, counts) and ``<name>.rejects.parquet``."""
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from sparkdl.data import tables
 from sparkdl.errors import DataError
 
 FEATURES_FORMAT = "sparkdl.features/1"
-FEATURES_COLUMNS = ("path", "label", "label_index", "split", "features")
+FEATURES_COLUMNS = ("path", "label", "label_index", "split", "features", "sha256")  # sha256: of the image's bytes
 FEATURES_TYPES: dict[str, tuple[str, ...]] = {
     "path": ("string",),
     "label": ("string",),

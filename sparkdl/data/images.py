@@ -39,10 +39,10 @@ Progress = Callable[[str], None]
 _PREFIX_RE = re.compile(r"^(\d+)\.(.+)$")
 
 VALIDATED_SCHEMA = (
-    "path string, rel_path string, class_dir string, split string, image binary, "
+    "path string, rel_path string, class_dir string, split string, image binary, sha256 string, "
     f"{tables.REASON_COL} string, {tables.DETAIL_COL} string"
 )
-IMAGES_COLUMNS = ("path", "label", "label_index", "split", "image")
+IMAGES_COLUMNS = ("path", "label", "label_index", "split", "image", "sha256")
 IMAGES_FORMAT = "sparkdl.images/1"
 _READ_SLICE_BYTES = 64 << 20  # bytes of files per partition when the executors read a driver-side listing
 _READ_BATCH_BYTES = 16 << 20  # bytes of file contents per Arrow batch those readers emit
@@ -126,6 +126,7 @@ def _validate_fn(root: str, seed: int, fractions: tuple[float, ...]):
                 ("class_dir", pa.string()),
                 ("split", pa.string()),
                 ("image", pa.binary()),
+                ("sha256", pa.string()),
                 (tables.REASON_COL, pa.string()),
                 (tables.DETAIL_COL, pa.string()),
             ]
@@ -148,6 +149,8 @@ def _validate_fn(root: str, seed: int, fractions: tuple[float, ...]):
                 cols["class_dir"].append(class_dir)
                 cols["split"].append(assign_split(rel, seed, fractions))
                 cols["image"].append(data if reason is None else None)
+                # the content hash, computed once here: featurize --incremental reuses rows by (path, sha256)
+                cols["sha256"].append(hashlib.sha256(data).hexdigest() if reason is None else None)
                 cols[tables.REASON_COL].append(reason)
                 cols[tables.DETAIL_COL].append(detail)
             yield pa.RecordBatch.from_pydict(cols, schema=schema)
@@ -390,7 +393,7 @@ def _listed_rejects(spark, paths: list[str], root: str, reason: str, detail: str
     for path in sorted(paths):
         rel = relative_path(path, root)
         parts = rel.split("/")
-        rows.append((path, rel, parts[0] if len(parts) > 1 else None, None, None, reason, detail))
+        rows.append((path, rel, parts[0] if len(parts) > 1 else None, None, None, None, reason, detail))
     return spark.createDataFrame(rows, VALIDATED_SCHEMA)
 
 
@@ -471,6 +474,7 @@ def _ingest_images(spark, config: IngestConfig, progress: Progress | None) -> In
             F.create_map(*pairs)[F.col("class_dir")].cast("int").alias("label_index"),
             F.col("split"),
             F.col("image"),
+            F.col("sha256"),
         )
         say(f"ingest: writing {counts.rows_out} rows, {len(mapping.labels)} classes ({mapping.source}) to {config.output_uri}")
         out.write_table(table)

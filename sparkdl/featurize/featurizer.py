@@ -29,6 +29,7 @@ from sparkdl.data.decode import ImageDecodeError, decode_image
 from sparkdl.data.features import FEATURES_COLUMNS, FEATURES_FORMAT, IMAGES_TYPES
 from sparkdl.errors import DataError
 from sparkdl.featurize.backbones import LoadedBackbone, check_backbone, get_backbone, list_backbones, load_backbone
+from sparkdl.featurize.incremental import ORIGIN_COL, plan_reuse, with_content_hash
 from sparkdl.featurize.precision import DEVICES, PRECISIONS, RUNTIMES, Numerics, choose, pick_device
 from sparkdl.progress import stage_progress
 from sparkdl.session import job_description
@@ -143,13 +144,15 @@ def featurize_arrow_batches(
 
     threads = use_task_threads(threads)
     plan = Numerics.from_json(numerics)
-    model = WORKER_MODELS.get(backbone, _shipped_weights_path(weights, weights_size), random_init, plan,
-                              pick_device(device), threads)  # fmt: skip
-    fell_back = model.numerics.precision != plan.precision
-    prep = model.preprocess
-    dim = model.spec.feature_dim
+    model = None  # built at the first row: an empty partition (an incremental run's) loads nothing
 
     for batch in batches:
+        if batch.num_rows and model is None:
+            model = WORKER_MODELS.get(backbone, _shipped_weights_path(weights, weights_size), random_init, plan,
+                                      pick_device(device), threads)  # fmt: skip
+            fell_back = model.numerics.precision != plan.precision
+            prep = model.preprocess
+            dim = model.spec.feature_dim
         keep = [name for name in batch.schema.names if keep_input or name != input_col]
         images = batch.column(input_col)
         for start in range(0, batch.num_rows, batch_size):
@@ -335,6 +338,7 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
 class FeaturizeResult(tables.StageResult):
     backbone: dict = field(default_factory=dict)
     partitions: int = 0
+    incremental: dict = field(default_factory=dict)  # enabled, reused, computed (new + changed), dropped
 
 
 def plan_partitions(rows: int, parallelism: int, max_rows_per_partition: int) -> int:
@@ -372,7 +376,8 @@ def featurize_images(spark, config: FeaturizeConfig, progress: Progress | None =
     if config.weights:
         reads.append(outputs.Place("weights file", config.weights))
     with job_description(spark, "featurize", f"{config.backbone} on {config.input_uri}"):
-        outputs.check_output(spark, "featurize", config.output_uri, config.overwrite, "table", "features table", inputs=reads)
+        outputs.check_output(spark, "featurize", config.output_uri, config.overwrite or config.incremental, "table",
+                             "features table", inputs=reads)  # fmt: skip
         tables.check_input(spark, config.input_uri, "images table")
         if config.weights and not hadoopfs.is_local(config.weights):
             # weights on the cluster's file system: one copy on the driver, which Spark then ships to the executors
@@ -405,11 +410,6 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         backbone_info["weights_sha256"] = file_digest(get_backbone(config.backbone).default_weights())
     say(f"featurize: backbone {config.backbone} ({backbone_info['feature_dim']}-d, weights {backbone_info['weights']})")
 
-    # Always rebalance: the backbone costs ~1000x more per row than moving the row, and file splits can leave a
-    # partition empty (one Parquet row group read by two byte-range splits gives one task all the rows).
-    rows = None if config.partitions else images.count()  # no count job only for progress: tasks shown instead
-    target = config.partitions or plan_partitions(rows, spark.sparkContext.defaultParallelism, config.max_rows_per_partition)
-    images = images.repartition(target)
     featurizer = ImageFeaturizer(
         inputCol="image",
         outputCol="features",
@@ -425,19 +425,33 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         device=config.device,
     )
     plan = featurizer.numerics()
+    backbone_info["numerics"] = {**plan.to_json(), "device": config.device}
     say(f"featurize: computing {plan.describe()} (--precision {config.precision}, --runtime {config.runtime}, "
         f"--device {config.device})")  # fmt: skip
+    images = with_content_hash(images, say)
+    reuse = plan_reuse(spark, images, config.output_uri, backbone_info, say) if config.incremental else None
+    todo = reuse.to_compute if reuse else images.withColumn(ORIGIN_COL, F.lit("new"))
+
+    # Always rebalance: the backbone costs ~1000x more per row than moving the row, and file splits can leave a
+    # partition empty (one Parquet row group read by two byte-range splits gives one task all the rows).
+    rows = None if config.partitions else todo.count()  # no count job only for progress: tasks shown instead
+    target = config.partitions or plan_partitions(rows, spark.sparkContext.defaultParallelism, config.max_rows_per_partition)
+    if reuse:
+        say(f"featurize --incremental: {rows if rows is not None else 'some'} images to compute, the rest reused; "
+            f"{reuse.dropped} rows of the previous table dropped (their images are gone)")  # fmt: skip
     fallback_rows = spark.sparkContext.accumulator(0)
-    out = featurizer._featurize(images, fallback_rows=fallback_rows)
+    out = featurizer._featurize(todo.repartition(target), fallback_rows=fallback_rows)
     out = out.withColumn(tables.REASON_COL, F.substring_index("featurize_error", ":", 1)).withColumn(
         tables.DETAIL_COL, F.col("featurize_error")
     )
+    if reuse:
+        out = out.unionByName(reuse.reused, allowMissingColumns=True)
     cached = out.persist(StorageLevel.MEMORY_AND_DISK)
     sink = outputs.TableOutput(spark, config.output_uri, "featurize").open()
     try:
         say(f"featurize: {target} partitions, batch {config.batch_size}; running the backbone")
         with stage_progress(spark, "featurize", say, total_rows=rows, tasks=target):
-            counts, groups = tables.count_rejects(cached, ("split",))
+            counts, groups = tables.count_rejects(cached, ("split", ORIGIN_COL))
         if counts.rows_in == 0:
             raise DataError(f"{config.input_uri} has no rows")
         say(f"featurize: {counts.rows_in} images, {counts.rejected} rejected {counts.by_reason or ''}".rstrip())
@@ -452,7 +466,11 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         cached.unpersist()
     seconds = time.perf_counter() - start
     split_counts = tables.kept_counts(groups, 0)
-    backbone_info["numerics"] = {**plan.to_json(), "device": config.device, "fallback_rows": int(fallback_rows.value)}
+    backbone_info["numerics"]["fallback_rows"] = int(fallback_rows.value)
+    origins = {origin: sum(n for _r, key, n in groups if key[1] == origin) for origin in ("new", "changed", "reused")}
+    incremental = {"enabled": config.incremental, "reused": origins["reused"], "computed": origins["new"] + origins["changed"],
+                   "new": origins["new"], "changed": origins["changed"], "dropped": reuse.dropped if reuse else 0,
+                   "previous_run_id": reuse.previous_run_id if reuse else None}  # fmt: skip
     if fallback_rows.value:
         say(f"featurize: {fallback_rows.value} rows were computed in fp32, not {plan.precision}: their hosts' CPUs "
             "have no bf16 instructions (see the executors' stderr)")  # fmt: skip
@@ -467,6 +485,7 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         "rows_out": counts.rows_out,
         "rejects": counts.by_reason,
         "split_counts": split_counts,
+        "incremental": incremental,
         "seconds": round(seconds, 3),
     }
     meta_at = sink.finish(meta)
@@ -480,5 +499,6 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
         split_counts=split_counts,
         backbone=backbone_info,
         partitions=target,
+        incremental=incremental,
         seconds=seconds,
     )

@@ -45,6 +45,7 @@ def test_schema_shapes_and_meta(spark, ingested, tiny_features):
     df = spark.read.parquet(tiny_features.output_uri)
     assert [(f.name, f.dataType.simpleString()) for f in df.schema.fields] == [
         ("path", "string"), ("label", "string"), ("label_index", "int"), ("split", "string"), ("features", "array<float>"),
+        ("sha256", "string"),
     ]
     assert {len(r["features"]) for r in df.collect()} == {16}
     images = {r["path"]: (r["label"], r["label_index"], r["split"]) for r in spark.read.parquet(ingested.output_uri).collect()}

@@ -1,4 +1,5 @@
 """Ingest on real Spark local[2] over a generated Caltech-shaped tree with bad files."""
+import hashlib
 import json
 
 import pytest
@@ -29,6 +30,7 @@ def test_counts_rejects_labels(spark, caltech, ingested):
     df = spark.read.parquet(ingested.output_uri)
     assert [(f.name, f.dataType.simpleString()) for f in df.schema.fields] == [
         ("path", "string"), ("label", "string"), ("label_index", "int"), ("split", "string"), ("image", "binary"),
+        ("sha256", "string"),
     ]
     rows = _by_rel(spark, ingested.output_uri, caltech["root"])
     assert sorted(rows) == caltech["good"]
@@ -38,6 +40,7 @@ def test_counts_rejects_labels(spark, caltech, ingested):
         assert row["label"] == folder.split(".", 1)[1]
         assert row["split"] == assign_split(rel, 42, (0.7, 0.15, 0.15))
         assert bytes(row["image"]) == (caltech["root"] / rel).read_bytes()
+        assert row["sha256"] == hashlib.sha256(bytes(row["image"])).hexdigest()
 
     rejects = spark.read.parquet(ingested.rejects_uri).collect()
     prefix = "file:" + str(caltech["root"]) + "/"

@@ -1,0 +1,92 @@
+"""``featurize --incremental``: reuse the rows of the previous features table whose image did not change.
+
+A row is reused when the previous table has the same ``(path, sha256)`` (the content hash ingest computed while
+decoding) and was made the same way: same backbone, cut, feature dimension, weights (sha256), preprocessing and
+numerics (precision, runtime). Anything else differing is refused, naming each difference: recompute everything
+without ``--incremental``. New and changed images are computed; images no longer in the input are dropped. The new
+table replaces the old one atomically (the stage's usual staging and swap), and the previous table stays readable
+until then: its reused rows are read while the new table is written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sparkdl.data import hadoopfs, tables
+from sparkdl.data.features import FEATURES_FORMAT
+from sparkdl.errors import ConfigError
+
+ORIGIN_COL = "_sparkdl_origin"  # new | changed | reused: counted with the rejects in one pass, never written
+SAME_WAY = ("name", "cut", "feature_dim", "preprocess")
+
+
+@dataclass
+class Reuse:
+    """What an incremental run computes and what it takes from the previous table."""
+
+    to_compute: object  # DataFrame: the images table's rows to run through the backbone (+ ORIGIN_COL)
+    reused: object  # DataFrame: path, label, label_index, split, sha256, features, ORIGIN_COL='reused'
+    dropped: int  # rows of the previous table whose path is no longer in the input
+    previous_run_id: str | None
+
+
+def with_content_hash(images, say):
+    """The images table with ``sha256`` (of the image bytes): ingest's column, or computed by Spark for an images
+    table written before ingest recorded it."""
+    from pyspark.sql import functions as F
+
+    if "sha256" in images.columns:
+        return images
+    say("featurize: the images table has no sha256 column (ingested by an older sparkdl): hashing each image")
+    return images.withColumn("sha256", F.sha2(F.col("image"), 256))
+
+
+def differences(previous: dict, current: dict) -> list[str]:
+    """``field: previous -> current`` for every way the previous table's backbone record differs from this run's."""
+    out = []
+    # the weights by content where both tables know it (a weights file moved elsewhere is the same weights)
+    weights = "weights_sha256" if previous.get("weights_sha256") and current.get("weights_sha256") else "weights"
+    for key in (*SAME_WAY, weights):
+        if previous.get(key) != current.get(key):
+            out.append(f"{key}: {_short(previous.get(key))} -> {_short(current.get(key))}")
+    was, now = previous.get("numerics") or {}, current.get("numerics") or {}
+    for key in ("precision", "runtime"):
+        if was.get(key, "fp32" if key == "precision" else "torch") != now.get(key):
+            out.append(f"numerics.{key}: {was.get(key)} -> {now.get(key)}")
+    return out
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:16] + "…" if len(text) > 24 and " " not in text else text
+
+
+def plan_reuse(spark, images, output_uri: str, backbone: dict, say) -> Reuse | None:
+    """Split ``images`` (with ``sha256``) into rows to compute and rows to reuse from the table at ``output_uri``;
+    None when there is no previous table (a full run). Refuses a previous table made another way."""
+    from pyspark.sql import functions as F
+
+    if not hadoopfs.exists(spark, output_uri):
+        say(f"featurize --incremental: no table at {output_uri} yet: computing every image")
+        return None
+    meta = tables.read_meta(spark, output_uri, required=False)
+    fix = "run without --incremental (and with --overwrite) to recompute every image"
+    if meta is None or meta.get("format") != FEATURES_FORMAT:
+        raise ConfigError(f"--incremental: {output_uri} is not a sparkdl features table (no features meta): {fix}")
+    previous = spark.read.parquet(output_uri)
+    if "sha256" not in previous.columns:
+        raise ConfigError(f"--incremental: {output_uri} has no sha256 column (written by an older sparkdl), so no row "
+                          f"can be matched to its image: {fix}")  # fmt: skip
+    diff = differences(meta.get("backbone") or {}, backbone)
+    if diff:
+        raise ConfigError(f"--incremental: {output_uri} was made another way ({'; '.join(diff)}): {fix}")
+
+    old = previous.select("path", F.col("sha256").alias("_old_sha256"))
+    keyed = images.join(old, "path", "left")
+    same = F.col("_old_sha256") == F.col("sha256")
+    to_compute = keyed.filter(F.col("_old_sha256").isNull() | ~same).withColumn(
+        ORIGIN_COL, F.when(F.col("_old_sha256").isNull(), F.lit("new")).otherwise(F.lit("changed"))
+    ).drop("_old_sha256")
+    keep = keyed.filter(same).select("path", "sha256", "label", "label_index", "split")  # no image bytes read
+    reused = previous.select("path", "sha256", "features").join(keep, ["path", "sha256"]).withColumn(ORIGIN_COL, F.lit("reused"))
+    dropped = previous.select("path").join(images.select("path"), "path", "left_anti").count()
+    return Reuse(to_compute=to_compute, reused=reused, dropped=dropped, previous_run_id=meta.get("run_id"))
