@@ -150,11 +150,17 @@ def incremental_bench(spark, work: Path, backbone: str, n: int, added: float, re
     random_init = backbone == "vgg16"
     extra = int(round(n * added))
     images = make_jpegs(n + extra)
-    schema = "path string, label string, label_index int, split string, image binary"
-    rows = [(f"file:/bench/c{i % 4}/{i}.jpg", f"c{i % 4}", i % 4, "train", images[i]) for i in range(n + extra)]
+    import hashlib
+
+    # as ingest writes it: with each image's sha256
+    schema = "path string, label string, label_index int, split string, image binary, sha256 string"
+    rows = [(f"file:/bench/c{i % 4}/{i}.jpg", f"c{i % 4}", i % 4, "train", images[i], hashlib.sha256(images[i]).hexdigest())
+            for i in range(n + extra)]  # fmt: skip
     base, grown = str(work / "inc-base.parquet"), str(work / "inc-grown.parquet")
-    spark.createDataFrame(rows[:n], schema).coalesce(1).write.mode("overwrite").parquet(base)
-    spark.createDataFrame(rows, schema).coalesce(1).write.mode("overwrite").parquet(grown)
+    for table, count in ((base, n), (grown, n + extra)):  # in slices: the driver's heap holds one at a time
+        for start in range(0, count, 1000):
+            spark.createDataFrame(rows[start:min(count, start + 1000)], schema).coalesce(1) \
+                .write.mode("overwrite" if start == 0 else "append").parquet(table)  # fmt: skip
 
     def run(table: str, out: str, incremental: bool) -> tuple[float, dict]:
         cfg = FeaturizeConfig(input_uri=table, output_uri=out, backbone=backbone, random_init=random_init,
@@ -163,7 +169,9 @@ def incremental_bench(spark, work: Path, backbone: str, n: int, added: float, re
         result = featurize_images(spark, cfg)
         return time.perf_counter() - start, result.incremental
 
-    run(base, str(work / "inc-warm.parquet"), False)  # warm-up: JVM code paths, Python workers, the model
+    warm = str(work / "inc-warm-in.parquet")
+    spark.createDataFrame(rows[:64], schema).write.mode("overwrite").parquet(warm)
+    run(warm, str(work / "inc-warm.parquet"), False)  # warm-up: JVM code paths, Python workers, the model
     full_s, inc_s, counts = [], [], None
     for _ in range(repeats):
         run(base, str(work / "inc-out.parquet"), False)  # the previous day's table

@@ -434,31 +434,36 @@ def _featurize(spark, config: FeaturizeConfig, weights: str | None, start: float
 
     # Always rebalance: the backbone costs ~1000x more per row than moving the row, and file splits can leave a
     # partition empty (one Parquet row group read by two byte-range splits gives one task all the rows).
-    rows = None if config.partitions else todo.count()  # no count job only for progress: tasks shown instead
+    if reuse:
+        rows = reuse.to_compute_rows
+    else:
+        rows = None if config.partitions else todo.count()  # no count job only for progress: tasks shown instead
     target = config.partitions or plan_partitions(rows, spark.sparkContext.defaultParallelism, config.max_rows_per_partition)
     if reuse:
-        say(f"featurize --incremental: {rows if rows is not None else 'some'} images to compute, the rest reused; "
+        say(f"featurize --incremental: {rows} images to compute, the rest reused; "
             f"{reuse.dropped} rows of the previous table dropped (their images are gone)")  # fmt: skip
     fallback_rows = spark.sparkContext.accumulator(0)
     out = featurizer._featurize(todo.repartition(target), fallback_rows=fallback_rows)
     out = out.withColumn(tables.REASON_COL, F.substring_index("featurize_error", ":", 1)).withColumn(
         tables.DETAIL_COL, F.col("featurize_error")
     )
-    if reuse:
-        out = out.unionByName(reuse.reused, allowMissingColumns=True)
-    cached = out.persist(StorageLevel.MEMORY_AND_DISK)
+    cached = out.persist(StorageLevel.MEMORY_AND_DISK)  # the computed rows only: reused ones are read once, by the write
     sink = outputs.TableOutput(spark, config.output_uri, "featurize").open()
     try:
         say(f"featurize: {target} partitions, batch {config.batch_size}; running the backbone")
         with stage_progress(spark, "featurize", say, total_rows=rows, tasks=target):
             counts, groups = tables.count_rejects(cached, ("split", ORIGIN_COL))
+        if reuse:  # the reused rows, counted by the planning job
+            counts = tables.RejectCounts(counts.rows_in + sum(reuse.reused_splits.values()), counts.by_reason)
+            groups += [(None, (split, "reused"), n) for split, n in reuse.reused_splits.items()]
         if counts.rows_in == 0:
             raise DataError(f"{config.input_uri} has no rows")
         say(f"featurize: {counts.rows_in} images, {counts.rejected} rejected {counts.by_reason or ''}".rstrip())
         rejects_at = sink.write_rejects(cached)
         sink.enforce_rejects(counts, config.max_reject_fraction)
         say(f"featurize: writing {counts.rows_out} rows to {config.output_uri}")
-        sink.write_table(cached.filter(F.col(tables.REASON_COL).isNull()).select(*FEATURES_COLUMNS))
+        table = cached.filter(F.col(tables.REASON_COL).isNull()).select(*FEATURES_COLUMNS)
+        sink.write_table(table.unionByName(reuse.reused.select(*FEATURES_COLUMNS)) if reuse else table)
     except BaseException:
         sink.abandon()
         raise

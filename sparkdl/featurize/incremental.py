@@ -9,13 +9,14 @@ until then: its reused rows are read while the new table is written.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sparkdl.data import hadoopfs, tables
 from sparkdl.data.features import FEATURES_FORMAT
 from sparkdl.errors import ConfigError
 
-ORIGIN_COL = "_sparkdl_origin"  # new | changed | reused: counted with the rejects in one pass, never written
+ORIGIN_COL = "_sparkdl_origin"  # new | changed: counted with the rejects in one pass, never written
 SAME_WAY = ("name", "cut", "feature_dim", "preprocess")
 
 
@@ -24,7 +25,9 @@ class Reuse:
     """What an incremental run computes and what it takes from the previous table."""
 
     to_compute: object  # DataFrame: the images table's rows to run through the backbone (+ ORIGIN_COL)
-    reused: object  # DataFrame: path, label, label_index, split, sha256, features, ORIGIN_COL='reused'
+    to_compute_rows: int
+    reused: object  # DataFrame: path, sha256, features, label, label_index, split (read while the new table is written)
+    reused_splits: dict  # split -> reused rows (counted by the planning job)
     dropped: int  # rows of the previous table whose path is no longer in the input
     previous_run_id: str | None
 
@@ -46,13 +49,17 @@ def differences(previous: dict, current: dict) -> list[str]:
     # the weights by content where both tables know it (a weights file moved elsewhere is the same weights)
     weights = "weights_sha256" if previous.get("weights_sha256") and current.get("weights_sha256") else "weights"
     for key in (*SAME_WAY, weights):
-        if previous.get(key) != current.get(key):
+        if _as_json(previous.get(key)) != _as_json(current.get(key)):  # a meta read back has lists, not tuples
             out.append(f"{key}: {_short(previous.get(key))} -> {_short(current.get(key))}")
     was, now = previous.get("numerics") or {}, current.get("numerics") or {}
     for key in ("precision", "runtime"):
         if was.get(key, "fp32" if key == "precision" else "torch") != now.get(key):
             out.append(f"numerics.{key}: {was.get(key)} -> {now.get(key)}")
     return out
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, sort_keys=True))
 
 
 def _short(value) -> str:
@@ -81,12 +88,25 @@ def plan_reuse(spark, images, output_uri: str, backbone: dict, say) -> Reuse | N
         raise ConfigError(f"--incremental: {output_uri} was made another way ({'; '.join(diff)}): {fix}")
 
     old = previous.select("path", F.col("sha256").alias("_old_sha256"))
-    keyed = images.join(old, "path", "left")
     same = F.col("_old_sha256") == F.col("sha256")
+    # one job counts what each path is: new, changed, reused (same bytes) or dropped (no longer in the input)
+    status = (images.select("path", "sha256", "split").join(old, "path", "full_outer")
+              .select(F.when(F.col("sha256").isNull(), "dropped").when(F.col("_old_sha256").isNull(), "new")
+                      .when(same, "reused").otherwise("changed").alias("status"), "split")
+              .groupBy("status", "split").count().collect())  # fmt: skip
+    counts = {"new": 0, "changed": 0, "reused": 0, "dropped": 0}
+    reused_splits: dict[str, int] = {}
+    for r in status:
+        counts[r["status"]] += int(r["count"])
+        if r["status"] == "reused":
+            reused_splits[r["split"]] = reused_splits.get(r["split"], 0) + int(r["count"])
+    # the previous table's keys (path + sha256, ~150 bytes a row) and the reused rows' keys are broadcast: neither the
+    # image bytes nor the previous features are shuffled
+    keyed = images.join(F.broadcast(old), "path", "left")
     to_compute = keyed.filter(F.col("_old_sha256").isNull() | ~same).withColumn(
         ORIGIN_COL, F.when(F.col("_old_sha256").isNull(), F.lit("new")).otherwise(F.lit("changed"))
     ).drop("_old_sha256")
     keep = keyed.filter(same).select("path", "sha256", "label", "label_index", "split")  # no image bytes read
-    reused = previous.select("path", "sha256", "features").join(keep, ["path", "sha256"]).withColumn(ORIGIN_COL, F.lit("reused"))
-    dropped = previous.select("path").join(images.select("path"), "path", "left_anti").count()
-    return Reuse(to_compute=to_compute, reused=reused, dropped=dropped, previous_run_id=meta.get("run_id"))
+    reused = previous.select("path", "sha256", "features").join(F.broadcast(keep), ["path", "sha256"])
+    return Reuse(to_compute=to_compute, to_compute_rows=counts["new"] + counts["changed"], reused=reused,
+                 reused_splits=reused_splits, dropped=counts["dropped"], previous_run_id=meta.get("run_id"))

@@ -55,6 +55,7 @@ def test_incremental_reuses_unchanged_rows_and_equals_a_full_run(spark, tmp_path
     first = _featurize(spark, str(images), out, incremental=True)  # no table yet: a full run
     assert first.incremental == {"enabled": True, "reused": 0, "computed": 12, "new": 12, "changed": 0, "dropped": 0,
                                  "previous_run_id": None}  # fmt: skip
+    first_run_id = json.loads(open(first.meta_uri).read())["run_id"]
     _mark_previous_rows(spark, str(out), tmp_path)
 
     removed, changed = tree["good"][0], tree["good"][5]
@@ -68,7 +69,7 @@ def test_incremental_reuses_unchanged_rows_and_equals_a_full_run(spark, tmp_path
     assert (again.incremental["computed"], again.incremental["new"], again.incremental["changed"]) == (3, 2, 1)
     meta = json.loads(open(again.meta_uri).read())
     assert meta["incremental"] == again.incremental and meta["rows_out"] == 13
-    assert meta["incremental"]["previous_run_id"] == json.loads(open(first.meta_uri).read())["run_id"]
+    assert meta["incremental"]["previous_run_id"] == first_run_id
 
     full = _featurize(spark, str(images), tmp_path / "full.parquet")
     assert full.incremental["enabled"] is False and full.incremental["computed"] == 13
@@ -95,7 +96,7 @@ def test_incremental_refuses_a_table_made_another_way_and_a_failure_keeps_the_pr
     # a failing incremental run (new rows whose bytes do not decode, over the reject limit) leaves the previous
     # table as it was
     df = spark.read.parquet(str(images))
-    bad = spark.createDataFrame([(f"file:/gone/{i}.jpg", "x", 0, "train", b"not a jpeg", "0" * 64) for i in range(2)],
+    bad = spark.createDataFrame([(f"file:/gone/{i}.jpg", "ak47", 0, "train", b"not a jpeg", "0" * 64) for i in range(2)],
                                 df.schema)  # fmt: skip
     df.unionByName(bad).write.parquet(str(tmp_path / "images2.parquet"))
     with pytest.raises(DataError, match="reject"):
