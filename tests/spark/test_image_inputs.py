@@ -171,7 +171,7 @@ def test_save_and_load_keep_every_param(spark, tmp_path, params):
     f.write().save(str(tmp_path / "featurizer"))
     loaded = ImageFeaturizer.load(str(tmp_path / "featurizer"))
     assert type(loaded) is ImageFeaturizer and loaded.uid == f.uid
-    assert len(f.params) == 10
+    assert len(f.params) == 13  # + precision, runtime, device (issue 14)
     for p in f.params:
         assert loaded.getOrDefault(p.name) == f.getOrDefault(p.name), p.name
         assert loaded.isSet(p.name) == f.isSet(p.name), p.name
@@ -185,7 +185,7 @@ def test_featurize_stage_jobs_carry_a_group_and_a_description(spark, png_dir, tm
     tracker = spark.sparkContext.statusTracker()
     before = set(tracker.getJobIdsForGroup("sparkdl-featurize"))  # earlier tests' featurize runs, if any
     result = featurize_images(spark, FeaturizeConfig(input_uri=src, output_uri=str(tmp_path / "f.parquet"), backbone="tiny"))
-    assert spark.read.parquet(result.output_uri).columns == ["path", "label", "label_index", "split", "features"]
+    assert spark.read.parquet(result.output_uri).columns == ["path", "label", "label_index", "split", "features", "sha256"]
     deadline = time.monotonic() + 20
     while not set(tracker.getJobIdsForGroup("sparkdl-featurize")) - before and time.monotonic() < deadline:
         time.sleep(0.2)  # the status store follows the listener bus

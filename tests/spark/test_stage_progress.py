@@ -65,16 +65,26 @@ def _ingest(caltech, tmp_path) -> list[str]:
 
 
 def test_featurize_draws_a_bar_on_a_terminal_and_json_stays_valid(spark, ingested, tmp_path, capsys, monkeypatch):
+    # a stage of several seconds in 8 tasks of 18 rows (144 images, Lite0 on torch): polls every 0.2 s see it half done
+    from pyspark.sql import functions as F
+
+    table = str(tmp_path / "images.parquet")
+    images = spark.read.parquet(ingested.output_uri)
+    copies = [images.withColumn("path", F.concat(F.col("path"), F.lit(f"#{i}"))) for i in range(8)]
+    copies[0].unionByName(copies[1]).unionByName(copies[2]).unionByName(copies[3]).unionByName(copies[4]) \
+        .unionByName(copies[5]).unionByName(copies[6]).unionByName(copies[7]).write.parquet(table)  # fmt: skip
+    args = ["featurize", "--input", table, "--output", str(tmp_path / "f.parquet"), "--backbone", "efficientnet_lite0",
+            "--runtime", "torch", "--max-rows-per-partition", "18", "--batch-size", "4", "--json", "--progress-every", "0.2"]  # fmt: skip
     with terminal_stderr(monkeypatch) as seen:
-        assert main(_featurize(ingested, tmp_path / "f.parquet", "--progress-every", "0.2")) == 0
+        assert main(args) == 0
     payload = json.loads(capsys.readouterr().out)  # stdout: only the summary
-    assert payload["rows_out"] == 18
+    assert payload["rows_out"] == 144
     screen = ANSI.sub("", seen.decode("utf-8")).replace("\r", "\n")
     assert "━" in screen  # rich's bar
     bar = [line for line in screen.splitlines() if line.startswith("featurize") and "rows" in line]
-    assert bar and "18/18 rows" in bar[-1] and "rows/s" in bar[-1] and "done in" in bar[-1], screen
-    assert any(re.search(r"\d+/18 rows .*ETA \S+ \[tasks \d+/2\]", line) for line in bar), screen  # while it ran
-    assert "featurize: 18 images, 0 rejected" in screen  # the command's own lines still show, above the bar
+    assert bar and "144/144 rows" in bar[-1] and "rows/s" in bar[-1] and "done in" in bar[-1], screen
+    assert any(re.search(r"\d+/144 rows .*ETA \S+ \[tasks [1-7]/8\]", line) for line in bar), screen  # while it ran
+    assert "featurize: 144 images, 0 rejected" in screen  # the command's own lines still show, above the bar
 
 
 def test_quiet_prints_nothing_on_a_terminal(spark, caltech, tmp_path, capsys, monkeypatch):
