@@ -135,7 +135,7 @@ def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     facts = {k: bundle.metrics.get(k) for k in ("best_epoch", "epochs_run", "wall_seconds", "examples_per_second",
                                                 "bytes_driver_to_workers", "bytes_workers_to_driver", "phase_seconds",
                                                 "bytes_between_workers", "update_bytes", "dense_equivalent_bytes",
-                                                "compression_ratio", "sent_fraction", "ranks_identical",
+                                                "compression_ratio", "sent_fraction", "ranks_identical", "updates_exactly_once",
                                                 "transport_rejected")
              if k in bundle.metrics}  # fmt: skip
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sparkdl training report</title>

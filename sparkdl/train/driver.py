@@ -380,13 +380,18 @@ def _sharing_stats(outs: list[LoopResult]) -> dict:
                    "encode_seconds": round(o.stats["encode_seconds"], 4),
                    "decode_seconds": round(o.stats["decode_seconds"], 4), "duplicates": o.stats["duplicates"],
                    "sent_fraction": o.stats["entries_sent"] / max(1, o.stats["messages"] * o.stats["length"]),
-                   "tau_per_epoch": o.stats["taus"], "residual_norm_per_epoch": o.stats["residual_norms"]}
+                   "tau_per_epoch": o.stats["taus"], "residual_norm_per_epoch": o.stats["residual_norms"],
+                   "updates_applied": o.stats["updates_applied"], "updates_expected": o.stats["updates_expected"],
+                   "max_update_lag": o.stats["max_update_lag"]}
                   for o in outs]  # fmt: skip
     return {
         "update_bytes": message_bytes,
         "dense_equivalent_bytes": dense_bytes,
         "compression_ratio": dense_bytes / max(1, message_bytes),
         "sent_fraction": sum(x["entries_sent"] for x in s) / max(1, sum(x["messages"] * x["length"] for x in s)),
+        # every rank applied every rank's update of every step exactly once (each rank checks its own at the end)
+        "updates_exactly_once": all(n == x["updates_expected"] for x in s for n in x["updates_applied"]),
+        "max_update_lag": max(x["max_update_lag"] for x in s),
         "workers": per_worker,
     }
 

@@ -81,6 +81,9 @@ def test_four_local_workers_match_the_dense_reference(spark, table):
     assert abs(sharing - dense) <= 0.01 + 1e-9, (sharing, dense)
     stats = result.stats
     assert stats["ranks_identical"] and stats["sent_fraction"] < 0.2
+    steps = stats["iterations"]
+    assert stats["updates_exactly_once"] and stats["max_update_lag"] == 0
+    assert all(w["updates_applied"] == [steps] * 4 and w["updates_expected"] == steps for w in stats["workers"])
     assert stats["compression_ratio"] > 2
     assert len(stats["workers"]) == 4 and all(w["bytes_received"] > 0 for w in stats["workers"])
 
@@ -90,6 +93,41 @@ def test_bounded_staleness_trains_and_applies_every_update(spark, table):
     cfg = _config(threshold="target-sparsity:0.05", staleness=2)
     result = SharedGradientTrainingMaster(cfg, launcher=LocalLauncher()).fit(df, build_head(cfg.head, DIM, CLASSES, seed=cfg.seed), CLASSES)
     assert _accuracy(result.head, table) >= 0.7
+    assert result.stats["updates_exactly_once"] and result.stats["max_update_lag"] <= 2
+
+
+@pytest.mark.parametrize("staleness", [0, 3])
+def test_a_slow_worker_holds_the_others_back_at_most_k_steps(spark, table, monkeypatch, staleness):
+    """W = 8 on threads, rank 5 sleeping 40 ms before every step. The fast ranks run ahead of it until the update
+    they miss is ``staleness`` steps old, and no further: every update any rank applied was at most k steps behind
+    the step applying it, rank 0 reached exactly k (it did run ahead: the slow rank did not hold it to lock-step),
+    and every rank applied every rank's update of every step exactly once."""
+    import time
+
+    from sparkdl.train.exchange.sharing.exchange import SharingExchange
+
+    step = SharingExchange.step
+
+    def slow_rank_5(self, *args, **kwargs):
+        if self.comm.rank == 5:
+            time.sleep(0.04)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SharingExchange, "step", slow_rank_5)
+    df, _ = read_features(spark, table["uri"])
+    cfg = TrainConfig(algorithm=SharingConfig(threshold=ThresholdConfig.parse("target-sparsity:0.05"), staleness=staleness),
+                      run=RunConfig(workers=8, tree_fanout=2), epochs=2, batch_size_per_worker=8, seed=3,
+                      optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9))  # fmt: skip
+    result = SharedGradientTrainingMaster(cfg, launcher=LocalLauncher()).fit(df, build_head(cfg.head, DIM, CLASSES, seed=3), CLASSES)
+    stats = result.stats
+    steps = stats["iterations"]  # 480 rows -> 8 shards of 60 -> 8 steps of 8, 2 epochs
+    assert steps == 16
+    assert stats["updates_exactly_once"]
+    assert all(w["updates_applied"] == [steps] * 8 for w in stats["workers"])
+    assert stats["max_update_lag"] <= staleness
+    assert stats["workers"][0]["max_update_lag"] == staleness
+    if staleness == 0:
+        assert stats["ranks_identical"]
 
 
 def test_spark_barrier_over_grpc_keeps_ranks_bit_identical(spark, table):

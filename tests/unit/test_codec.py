@@ -74,11 +74,11 @@ def test_smallest_format_is_chosen_and_sizes():
     length = 1_000_000
     # elias-fano: ~log2(length / count) + 3 bits an entry; at 1e-3: 1,620 body bytes vs 4,000 as int32 indices
     assert codec.best_format(length, 1000) == codec.ELIAS_FANO
-    assert codec.body_size(codec.ELIAS_FANO, length, 1000) == 10 * 125 + (1000 + (999_999 >> 9) + 7) // 8
+    assert codec.body_size(codec.ELIAS_FANO, length, 1000) == (1000 * 9 + 1000 + (999_999 >> 9) + 1000 + 7) // 8 == 1620
     assert codec.body_size(codec.ELIAS_FANO, length, 0) == 0
-    # above 1/64 of the entries: the bitmap, whatever the sizes
-    assert codec.best_format(length, length // 64 + 1) == codec.BITMAP
-    assert codec.best_format(length, length // 64) == codec.ELIAS_FANO
+    # above INDEX_DENSITY of the entries: the bitmap, whatever the sizes
+    assert codec.best_format(length, int(length * codec.INDEX_DENSITY) + 1) == codec.BITMAP
+    assert codec.best_format(length, int(length * codec.INDEX_DENSITY)) == codec.ELIAS_FANO
     # one entry in a tiny vector: the bitmap's 2 bytes beat elias-fano's and sparse's
     assert codec.best_format(10, 1) == codec.BITMAP
     # a 1 M-parameter message at step < 16,384: a 19-byte header (the first format's took 48)
@@ -175,32 +175,42 @@ def test_malformed_bitmap():
         codec.decode(_with(good, values=[values[0], values[1] + 1, *values[2:]]))
 
 
+def _ef_bits(body: bytes, nbits: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(body, np.uint8), count=nbits, bitorder="little")
+
+
+def _ef_body(bits: np.ndarray) -> bytes:
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
 def test_malformed_elias_fano():
     length = 1000
-    good = _message(codec.ELIAS_FANO, length)  # entries 5 (-tau) and 40 (+tau): l = 8, planes of 1 byte
+    good = _message(codec.ELIAS_FANO, length)  # entries 5 (-tau) and 40 (+tau): 8 low bits each
     _, values, body = _fields(good)
     count = values[1]
     low = codec._low_bits(length, count)
-    upper_at = low  # one byte per low plane
-    with pytest.raises(TransportError, match="upper bitmap holds"):  # a third unary bit
-        codec.decode(_with(good, body=_flip(body, upper_at, 0x04)))
-    with pytest.raises(TransportError, match="past its end"):  # sign plane: 2 bits used, bit 3 set
-        codec.decode(_with(good, body=_flip(body, len(body) - 1, 0x08)))
-    # entry 40 -> 5: both entries the same index
-    same = bytearray(body)
-    same[0:low] = bytes(((5 >> j) & 1) | (((5 >> j) & 1) << 1) for j in range(low))
+    nbits = codec._ef_bits(length, count, low)
+    upper_at, upper_bits = count * low, count + ((length - 1) >> low)
+    bits = _ef_bits(body, nbits)
+    third = bits.copy()
+    third[upper_at + 2] = 1  # a third unary bit
+    with pytest.raises(TransportError, match="upper bitmap holds"):
+        codec.decode(_with(good, body=_ef_body(third)))
+    padded = bytearray(body)
+    padded[-1] |= 0x80  # nbits = 2 * 8 + 2 + 3 + 2 = 23: bit 23 is padding
+    with pytest.raises(TransportError, match="past its end"):
+        codec.decode(_with(good, body=bytes(padded)))
+    same = bits.copy()
+    same[low : 2 * low] = same[:low]  # entry 1's low part = entry 0's, both high parts 0: index 5 twice
     with pytest.raises(TransportError, match="repeats"):
-        codec.decode(_with(good, body=bytes(same)))
-    # an index past the length: set the top high bit as far right as the bitmap goes
-    upper_bits = count + ((length - 1) >> low)
-    far = bytearray(body[:upper_at]) + bytes(-(-upper_bits // 8)) + body[-1:]
-    far[upper_at] |= 1  # first entry at high 0
-    last = upper_bits - 1  # second entry: high = last - 1 = (length - 1) >> low, low bits all 1 -> >= length
-    far[upper_at + last // 8] |= 1 << (last % 8)
-    for j in range(low):
-        far[j] |= 0x02
+        codec.decode(_with(good, body=_ef_body(same)))
+    far = bits.copy()
+    far[upper_at : upper_at + upper_bits] = 0
+    far[upper_at] = 1  # entry 0: high 0
+    far[upper_at + upper_bits - 1] = 1  # entry 1: high (length - 1) >> low ...
+    far[low : 2 * low] = 1  # ... and every low bit set: 3 * 256 + 255 >= 1000
     with pytest.raises(TransportError, match="outside"):
-        codec.decode(_with(good, body=bytes(far)))
+        codec.decode(_with(good, body=_ef_body(far)))
 
 
 @settings(max_examples=300, deadline=None)

@@ -52,14 +52,26 @@ def test_adaptive_keeps_the_band_dl4j_style():
     t = parse_threshold("adaptive")
     assert isinstance(t, AdaptiveThreshold) and t.threshold() == 1e-4
     t.calibrated = True  # decay rule alone
-    t.observe(5, 10_000)  # 5e-4: inside [1e-4, 1e-2] -> unchanged
+    t.observe(5, 10_000)  # 5e-4: inside [1e-4, 1.28e-2] (128 entries of 10,000) -> unchanged
     assert t.threshold() == 1e-4
     t.observe(0, 10_000)  # below the band: tau shrinks
     assert t.threshold() == pytest.approx(1e-4 * DECAY)
     t.set_threshold(1e-4)
     t.observe(500, 10_000)  # above: tau grows
     assert t.threshold() == pytest.approx(1e-4 / DECAY)
+    t.set_threshold(1e-4)
+    t.observe(2000, 1_000_000)  # a 1 M-parameter message at the limit (2e-3): tau grows
+    assert t.threshold() == pytest.approx(1e-4 / DECAY)
     assert DECAY ** 20 == pytest.approx(0.5, rel=1e-4)
+
+
+def test_band_and_message_limit_follow_the_model_size():
+    t = AdaptiveThreshold()
+    assert t.band(1_000_000) == (1e-4, 2e-3) and t.limit(1_000_000) == 2000
+    assert t.band(12_810)[1] == pytest.approx(128 / 12_810) and t.limit(12_810) == 128  # the demo head: DL4J's 1e-2
+    assert t.band(100) == (1e-4, 0.5) and t.limit(100) == 50
+    assert parse_threshold("fixed:1e-3").limit(10**6) is None
+    assert parse_threshold("target-sparsity:1e-3").limit(10**6) == 2000
 
 
 def test_first_step_calibration_lands_in_the_band():
@@ -68,14 +80,32 @@ def test_first_step_calibration_lands_in_the_band():
     t = AdaptiveThreshold()  # 1e-4 would send nearly everything
     t.calibrate(r)
     fraction = np.mean(np.abs(r) >= t.threshold())
-    assert 1e-4 <= fraction <= 1e-2 and fraction == pytest.approx(1e-3, rel=0.05)
+    middle = np.sqrt(1e-4 * 2e-3)  # the band of 100,000 parameters: [1e-4, 2e-3]
+    assert 1e-4 <= fraction <= 2e-3 and fraction == pytest.approx(middle, rel=0.05)
     before = t.threshold()
     t.calibrate(r * 100)  # only the first residual calibrates
     assert t.threshold() == before
-    inside = AdaptiveThreshold(tau=float(np.quantile(np.abs(r), 1 - 5e-3)))
+    inside = AdaptiveThreshold(tau=float(np.quantile(np.abs(r), 1 - 1e-3)))
     kept = inside.threshold()
     inside.calibrate(r)  # already in the band: T0 kept
     assert inside.threshold() == kept
+
+
+def test_a_limited_message_sends_the_largest_and_keeps_the_rest_exactly():
+    rng = np.random.default_rng(3)
+    acc = ResidualAccumulator(50_000, clip_every=0)
+    g = (rng.standard_normal(50_000) * 1e-3).astype(np.float32)
+    acc.add(g)
+    before = acc.residual.copy()
+    message, sent = acc.encode(tau=1e-3, limit=100)  # ~16,000 entries reach tau: the 100 largest go
+    dec = codec.decode(message)
+    assert sent == dec.count == 100
+    up, down = dec.indices()
+    chosen = np.concatenate([up, down])
+    assert np.all(np.abs(before[chosen]) >= np.sort(np.abs(before))[-100])  # the largest magnitudes
+    np.testing.assert_array_equal(np.delete(acc.residual, chosen), np.delete(before, chosen))  # the rest untouched
+    np.testing.assert_allclose(acc.residual + dec.dense(), before, rtol=0, atol=1e-9)
+    assert codec.encode(before.copy(), 1e-3, limit=10**6)[1] == int(np.sum(np.abs(before) >= np.float32(1e-3)))
 
 
 def test_target_sparsity():

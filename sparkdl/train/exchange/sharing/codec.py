@@ -50,8 +50,8 @@ class Decoded:
     count: int
     step: int
     origin: int
-    positive: np.ndarray | None = None  # sparse / elias-fano: 0-based indices sent as +tau
-    negative: np.ndarray | None = None  # sparse / elias-fano: 0-based indices sent as -tau
+    index: np.ndarray | None = None  # sparse / elias-fano: sorted 0-based indices of the sent entries
+    negative: np.ndarray | None = None  # sparse / elias-fano: bool per sent entry, True for -tau
     up: np.ndarray | None = None  # bitmap: the +tau bit plane (uint8, little bit order)
     down: np.ndarray | None = None  # bitmap: the -tau bit plane
 
@@ -62,16 +62,15 @@ class Decoded:
         value = np.float32(self.tau * scale)
         if self.up is not None:
             add_signs(out, self.up, self.down, value)
-        else:
-            out[self.positive] += value
-            out[self.negative] -= value
+        elif self.count:
+            out[self.index] += np.where(self.negative, -value, value)
 
     def indices(self) -> tuple[np.ndarray, np.ndarray]:
         """(positive, negative) 0-based indices, whatever the format."""
         if self.up is not None:
             unpack = lambda p: np.unpackbits(p, count=self.length, bitorder="little")  # noqa: E731
             return np.flatnonzero(unpack(self.up)), np.flatnonzero(unpack(self.down))
-        return self.positive, self.negative
+        return self.index[~self.negative], self.index[self.negative]
 
     def dense(self) -> np.ndarray:
         out = np.zeros(self.length, dtype=np.float32)
@@ -99,11 +98,16 @@ def body_size(fmt: int, length: int, count: int) -> int:
         if count == 0:
             return 0
         low = _low_bits(length, count)
-        return (low + 1) * _plane(count) + _plane(count + ((length - 1) >> low))
+        return _plane(_ef_bits(length, count, low))
     raise ConfigError(f"unknown codec format {fmt}")
 
 
-INDEX_DENSITY = 1 / 64  # above this fraction sent, the bitmap: its cost is flat, the index formats' grows per entry
+INDEX_DENSITY = 1 / 100  # above this fraction sent, the bitmap: its cost is flat, the index formats' grows per entry
+
+
+def _ef_bits(length: int, count: int, low: int) -> int:
+    """Bits of an elias-fano body: the low parts, the upper bitmap, the signs."""
+    return count * low + count + ((length - 1) >> low) + count
 
 
 def best_format(length: int, count: int) -> int:
@@ -182,11 +186,11 @@ def add_signs(out: np.ndarray, up_plane: np.ndarray, down_plane: np.ndarray, val
         np.add(out[a:b], f, out=out[a:b])
 
 
-def threshold_planes(residual: np.ndarray, t: np.float32):
-    """One pass over ``residual`` in cache-sized chunks: the bit planes of the entries ``>= t`` and ``<= -t``, their
-    count, and ``residual -= t * (up - down)`` (the sent part leaves, whatever format then carries it). Chunks with
-    few entries are updated entry by entry, and their (indices, is-negative) are returned too; None for those when
-    some chunk was dense."""
+def threshold_scan(residual: np.ndarray, t: np.float32, subtract: bool):
+    """One pass over ``residual`` in cache-sized chunks: the bit planes of the entries ``>= t`` and ``<= -t`` and
+    their count; also the sorted (indices, is-negative) of those entries while every chunk stays at or under
+    ``INDEX_DENSITY`` (what the index formats need), else None. ``subtract``: the sent part leaves the residual in
+    the same pass (``residual -= t * (up - down)``); else nothing changes."""
     n = len(residual)
     up_plane, down_plane = np.empty(_plane(n), np.uint8), np.empty(_plane(n), np.uint8)
     width = min(n, CHUNK)
@@ -204,15 +208,17 @@ def threshold_planes(residual: np.ndarray, t: np.float32):
         if not k:
             continue
         count += k
-        if k <= (b - a) * INDEX_DENSITY:  # a few entries: touch just them
-            np.logical_or(uc, dc, out=uc)
-            hit = np.flatnonzero(uc)
-            neg = dc[hit]
-            x[hit] -= np.where(neg, -t, t)
-            if hits is not None:
-                hits.append((hit + a, neg))
+        hit = None
+        if hits is not None and k <= (b - a) * INDEX_DENSITY:
+            hit = np.flatnonzero(np.logical_or(uc, dc))
+            hits.append((hit + a, dc[hit]))
         else:
             hits = None
+        if not subtract:
+            continue
+        if hit is not None:  # a few entries: touch just them
+            x[hit] -= np.where(hits[-1][1], -t, t)
+        else:
             sc, fc = s[: b - a], f[: b - a]
             np.subtract(uc.view(np.int8), dc.view(np.int8), out=sc)
             np.copyto(fc, sc, casting="unsafe")
@@ -239,18 +245,24 @@ def _bits(mask: np.ndarray) -> bytes:
 
 
 def _elias_fano(length: int, idx: np.ndarray, negative: np.ndarray) -> bytes:
-    """Body for the sorted, unique 0-based ``idx`` (``negative``: bool per entry, True for -tau)."""
+    """Body for the sorted, unique 0-based ``idx`` (``negative``: bool per entry, True for -tau): one bit string of
+    the ``low`` low bits of every index (entry by entry, least significant first), the upper bitmap (entry i's high
+    part ``h`` sets bit ``h + i``), the signs; padded with zero bits to a whole byte at the end only."""
     count = len(idx)
     if count == 0:
         return b""
     low = _low_bits(length, count)
     idx = idx.astype(np.int64, copy=False)
-    parts = [_bits(((idx >> j) & 1).astype(bool)) for j in range(low)]
-    upper = np.zeros(count + ((length - 1) >> low), dtype=bool)
-    upper[(idx >> low) + np.arange(count)] = True
-    parts.append(_bits(upper))
-    parts.append(_bits(negative))
-    return b"".join(parts)
+    bits = np.zeros(_ef_bits(length, count, low), dtype=np.uint8)
+    if low:
+        width = 1 << max(0, (low - 1).bit_length() - 3)  # bytes holding the low part: 1, 2, 4 or 8
+        small = (idx & ((1 << low) - 1)).astype(f"<u{width}")
+        lows = np.unpackbits(small.view(np.uint8).reshape(count, width), axis=1, bitorder="little")
+        bits[: count * low] = lows[:, :low].ravel()
+    upper_at = count * low
+    bits[upper_at + (idx >> low) + np.arange(count)] = 1
+    bits[upper_at + count + ((length - 1) >> low) :] = negative
+    return np.packbits(bits, bitorder="little").tobytes()
 
 
 def _sparse(idx: np.ndarray, negative: np.ndarray) -> bytes:
@@ -266,18 +278,17 @@ def _unbits(data, nbits: int, what: str) -> np.ndarray:
 
 def _decode_elias_fano(body, length: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     if count == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.empty(0, np.int64), np.empty(0, bool)
     low = _low_bits(length, count)
-    plane = _plane(count)
-    at = 0
+    bits = _unbits(body, _ef_bits(length, count, low), "elias-fano update")
     idx = np.zeros(count, dtype=np.int64)
-    for j in range(low):
-        idx |= _unbits(body[at : at + plane], count, "elias-fano low plane").astype(np.int64) << j
-        at += plane
+    if low:
+        packed = np.packbits(bits[: count * low].reshape(count, low), axis=1, bitorder="little")
+        for k in range(packed.shape[1]):  # byte k of every low part
+            idx |= packed[:, k].astype(np.int64) << (8 * k)
+    upper_at = count * low
     upper_bits = count + ((length - 1) >> low)
-    upper_bytes = _plane(upper_bits)
-    ones = np.flatnonzero(_unbits(body[at : at + upper_bytes], upper_bits, "elias-fano upper bitmap"))
-    at += upper_bytes
+    ones = np.flatnonzero(bits[upper_at : upper_at + upper_bits])
     if len(ones) != count:
         raise TransportError(f"elias-fano update says {count} entries but its upper bitmap holds {len(ones)}")
     idx |= (ones - np.arange(count)) << low
@@ -285,8 +296,7 @@ def _decode_elias_fano(body, length: int, count: int) -> tuple[np.ndarray, np.nd
         raise TransportError("elias-fano update repeats an index")
     if idx[-1] >= length:
         raise TransportError(f"elias-fano update has an index outside 0..{length - 1}")
-    neg = _unbits(body[at : at + plane], count, "elias-fano sign plane").view(bool)
-    return idx[~neg], idx[neg]
+    return idx, bits[upper_at + upper_bits :].view(bool)
 
 
 # ------------------------------------------------------------------------------------------------ encode/decode
@@ -334,20 +344,38 @@ def encode_indices(length: int, positive: np.ndarray, negative: np.ndarray, tau:
     return _message(fmt, t, length, count, step, origin, body)
 
 
-def encode(residual: np.ndarray, tau: float, step: int = 0, origin: int = 0,
-           fmt: int | None = None) -> tuple[bytes, int]:  # fmt: skip
-    """Threshold-encode ``residual`` (float32, 1-D; updated in place: the sent part is removed).
-    Returns the message and the number of entries sent."""
+def encode(residual: np.ndarray, tau: float, step: int = 0, origin: int = 0, fmt: int | None = None,
+           limit: int | None = None) -> tuple[bytes, int]:  # fmt: skip
+    """Threshold-encode ``residual`` (float32, 1-D; updated in place: the sent part is removed). ``limit``: when more
+    than this many entries reach tau, only the ``limit`` largest in magnitude are sent (the rest stay, as any entry
+    under tau does). Returns the message and the number of entries sent."""
     if residual.dtype != np.float32 or residual.ndim != 1:
         raise ConfigError("the residual must be a 1-D float32 array")
     length = len(residual)
     t = _check(length, tau)
-    up_plane, down_plane, count, hits = threshold_planes(residual, t)
+    if limit is not None and not (isinstance(limit, (int, np.integer)) and limit >= 1):
+        raise ConfigError(f"the message limit must be a positive number of entries, got {limit!r}")
+    up, down, count, hits = threshold_scan(residual, t, subtract=limit is None)
+    if limit is not None and count > limit:
+        idx, neg = hits if hits is not None else plane_indices(up, down)
+        keep = np.sort(np.argpartition(np.abs(residual[idx]), count - limit)[count - limit :])
+        hits, count, up = (idx[keep], neg[keep]), int(limit), None
     fmt = best_format(length, count) if fmt is None else fmt
+    idx, neg = hits if hits is not None else (None, None)
+    if limit is not None:  # the scan left the residual alone: what is sent leaves it now
+        if idx is not None:
+            residual[idx] -= np.where(neg, -t, t)
+        else:
+            add_signs(residual, up, down, -t)
     if fmt == BITMAP:
-        body = up_plane.tobytes() + down_plane.tobytes()
+        if up is None:
+            up, down = np.zeros(length, bool), np.zeros(length, bool)
+            up[idx[~neg]], down[idx[neg]] = True, True
+            up, down = np.packbits(up, bitorder="little"), np.packbits(down, bitorder="little")
+        body = up.tobytes() + down.tobytes()
     elif fmt in (ELIAS_FANO, SPARSE):
-        idx, neg = hits if hits is not None else plane_indices(up_plane, down_plane)
+        if idx is None:
+            idx, neg = hits if hits is not None else plane_indices(up, down)
         body = _elias_fano(length, idx, neg) if fmt == ELIAS_FANO else _sparse(idx, neg)
     else:
         raise ConfigError(f"unknown codec format {fmt}")
@@ -380,16 +408,18 @@ def decode(message: bytes) -> Decoded:
                              f"bytes, got {len(body)}")  # fmt: skip
     head = (fmt, float(tau), length, count, step, origin)
     if fmt == SPARSE:
-        idx = np.frombuffer(body, dtype="<i4")
-        positive, negative = idx[idx > 0].astype(np.int64) - 1, -idx[idx < 0].astype(np.int64) - 1
-        if len(positive) + len(negative) != count or (count and np.abs(idx.astype(np.int64)).max() > length):
+        raw = np.frombuffer(body, dtype="<i4").astype(np.int64)
+        idx, neg = np.abs(raw) - 1, raw < 0
+        if count and (idx.min() < 0 or idx.max() >= length):
             raise TransportError(f"sparse update has indices outside 1..{length}")
-        if count and len(np.unique(np.abs(idx))) != count:
+        order = np.argsort(idx, kind="stable")
+        idx, neg = idx[order], neg[order]
+        if count > 1 and not np.all(idx[1:] > idx[:-1]):
             raise TransportError("sparse update repeats an index")
-        return Decoded(*head, positive=positive, negative=negative)
+        return Decoded(*head, index=idx, negative=neg)
     if fmt == ELIAS_FANO:
-        positive, negative = _decode_elias_fano(body, length, count)
-        return Decoded(*head, positive=positive, negative=negative)
+        idx, neg = _decode_elias_fano(body, length, count)
+        return Decoded(*head, index=idx, negative=neg)
     plane = len(body) // 2
     up = np.frombuffer(body[:plane], dtype=np.uint8)
     down = np.frombuffer(body[plane:], dtype=np.uint8)

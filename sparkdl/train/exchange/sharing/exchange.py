@@ -45,7 +45,11 @@ class UpdateRelay:
         self.pending: dict[int, dict[int, bytes]] = {}  # step -> origin -> message
         self.applied_upto = 0  # every step below this is fully applied
         self.applied: set[tuple[int, int]] = set()  # (step, origin) applied out of order (staleness > 0)
+        self.applied_per_origin = [0] * self.world  # updates applied, by the rank that sent them
+        self.first_step = 0  # the first step of this attempt (a resumed fit starts later)
+        self.max_lag = 0  # the most steps an applied update was behind the step applying it
         self.decode_seconds = 0.0
+        self._total: np.ndarray | None = None
         self.mailbox.on_arrival = self._relay
 
     def _relay(self, msg: UpdateMessage) -> None:
@@ -80,12 +84,16 @@ class UpdateRelay:
     def take_update(self, step: int, length: int) -> tuple[np.ndarray, int]:
         """The summed update to apply now: step ``step`` alone when synchronous; every update that has arrived and
         was not applied yet, in (step, origin) order, otherwise. Returns (sum, number of messages)."""
-        total = np.zeros(length, dtype=np.float32)
+        if self._total is None or len(self._total) != length:
+            self._total = np.zeros(length, dtype=np.float32)
+        total = self._total
+        total.fill(0)
         used = 0
         t0 = time.perf_counter()
         if self.staleness == 0:
             for origin in range(self.world):
                 codec.decode(self.pending[step][origin]).add_into(total)
+                self.applied_per_origin[origin] += 1
             used = self.world
             del self.pending[step]
             self.applied_upto = step + 1
@@ -93,8 +101,12 @@ class UpdateRelay:
             self._collect()
             for t in sorted(self.pending):
                 for origin in sorted(self.pending[t]):
+                    if (t, origin) in self.applied or t < self.applied_upto:
+                        raise TransportError(f"rank {self.rank} got the update of rank {origin} for step {t} twice")
                     codec.decode(self.pending[t][origin]).add_into(total)
                     self.applied.add((t, origin))
+                    self.applied_per_origin[origin] += 1
+                    self.max_lag = max(self.max_lag, step - t)
                     used += 1
                 del self.pending[t]
             while all((self.applied_upto, o) in self.applied for o in range(self.world)):
@@ -164,7 +176,7 @@ class SharingExchange(Exchange):
         self.checks.check_finite([self.residual.residual], epoch, index, "the gradients (the residual)")
         self.threshold.calibrate(self.residual.residual)
         tau = self.threshold.threshold()
-        message, sent = self.residual.encode(tau, global_step, self.comm.rank)
+        message, sent = self.residual.encode(tau, global_step, self.comm.rank, self.threshold.limit(self.length))
         self.threshold.observe(sent, self.length)
         t2 = time.perf_counter()
         self.relay.publish(global_step, message)
@@ -221,9 +233,16 @@ class SharingExchange(Exchange):
         if rank is not None:  # a rank new to the fit (elastic) starts with an empty residual and a fresh threshold
             self.residual.load_state_dict(rank["residual"])
             self.threshold.load_state_dict(rank["threshold"])
-        self.relay.applied_upto = global_step
+        self.relay.applied_upto = self.relay.first_step = global_step
         self.last_step = global_step - 1
 
     def result(self) -> dict:
-        return {**self.stats, "decode_seconds": self.relay.decode_seconds, "duplicates": self.comm.mailbox.duplicates,
-                "length": self.length}  # fmt: skip
+        relay = self.relay
+        expected = self.last_step + 1 - relay.first_step  # one update per rank per step of this attempt
+        wrong = {o: n for o, n in enumerate(relay.applied_per_origin) if n != expected}
+        if wrong:
+            raise TransportError(f"rank {self.comm.rank} applied {wrong} updates from rank(s) {sorted(wrong)}, "
+                                 f"expected {expected} from each: an update was lost or applied twice")  # fmt: skip
+        return {**self.stats, "decode_seconds": relay.decode_seconds, "duplicates": self.comm.mailbox.duplicates,
+                "length": self.length, "updates_applied": list(relay.applied_per_origin), "updates_expected": expected,
+                "max_update_lag": relay.max_lag}  # fmt: skip

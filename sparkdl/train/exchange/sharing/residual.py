@@ -20,9 +20,10 @@ class ResidualAccumulator:
     def add(self, gradient: np.ndarray) -> None:
         self.residual += gradient
 
-    def encode(self, tau: float, step: int = 0, origin: int = 0) -> tuple[bytes, int]:
-        """Send what passes the threshold; the rest stays. Then count the step and clip when due."""
-        message, sent = codec.encode(self.residual, tau, step, origin)
+    def encode(self, tau: float, step: int = 0, origin: int = 0, limit: int | None = None) -> tuple[bytes, int]:
+        """Send what passes the threshold (at most ``limit`` entries, the largest); the rest stays. Then count the
+        step and clip when due."""
+        message, sent = codec.encode(self.residual, tau, step, origin, limit=limit)
         self.steps += 1
         if self.clip_every and self.steps % self.clip_every == 0:
             bound = np.float32(self.clip_k * tau)
