@@ -144,7 +144,8 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int | None = None) -> Non
     p.add_argument(
         "--threshold",
         default=d["threshold"],
-        help="sharing: adaptive[:T0] (keep 1e-4..1e-2 of the entries sent), fixed:T or target-sparsity:S "
+        help="sharing: adaptive[:T0] (keep 1e-4..2e-3 of the entries sent, at least 128 allowed; no message above "
+        "the top: the largest go first), fixed:T or target-sparsity:S (at most 2 S a message) "
         f"(default {d['threshold']})",
     )
     p.add_argument("--residual-clip", default=d["residualClip"],
