@@ -71,6 +71,32 @@ def make_features_table(spark, uri: str, n: int, dim: int, n_classes: int, seed:
     return {"uri": uri, "rows": rows}
 
 
+def make_wide_features_table(directory: Path, per_class: int, dim: int = 4096, n_classes: int = 257,
+                             seed: int = 0) -> str:  # fmt: skip
+    """A Caltech-256-shaped features table written with pyarrow (no Python rows through Spark: 4096-d is wide):
+    post-ReLU class clusters, all rows in ``train``. Returns the table's local path (its meta beside it)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (n_classes, 64)).astype(np.float32)
+    layer = (rng.normal(0, 1, (64, dim)) / 8).astype(np.float32)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    x = np.maximum((centers[labels] + rng.normal(0, 1.0, (len(labels), 64)).astype(np.float32)) @ layer, 0)
+    table = Path(directory) / "wide.parquet"
+    table.mkdir(parents=True)
+    feats = pa.ListArray.from_arrays(pa.array(np.arange(0, x.size + 1, dim, dtype=np.int32)), pa.array(x.reshape(-1)))
+    pq.write_table(pa.table({"path": [f"file:/gen/{c}/{i:05d}.jpg" for i, c in enumerate(labels)],
+                             "label": [f"class{c}" for c in labels], "label_index": pa.array(labels.astype(np.int32)),
+                             "split": ["train"] * len(labels), "features": feats}), table / "part-00000.parquet")  # fmt: skip
+    (Path(directory) / "wide.meta.json").write_text(json.dumps({
+        "format": "sparkdl.features/1", "labels": [f"class{c}" for c in range(n_classes)], "feature_dim": dim,
+        "backbone": {"name": "synthetic", "feature_dim": dim}}))  # fmt: skip
+    return str(table)
+
+
 ODD_NAMES = ("a b.jpg", "100%.jpg", "p%20q.jpg", "#1.jpg", "c,d.jpg", "é.jpg", "日本.jpg", "[x]{y}?.jpg")
 ODD_CLASSES = ("cat a", "dog%20", "#é 日本")
 

@@ -1,20 +1,20 @@
 """Threshold encoding of a residual (Strom 2015): entries with |r| >= tau leave as exactly +-tau, the rest stay.
 
-A message says which of three body formats it carries; ``encode`` picks the smallest for each message (the sizes
-are known from the count before anything is written):
+A message says which of three body formats it carries; ``encode`` picks one per message from the count of entries to
+send (the sizes are known before anything is written):
 
-- **elias-fano** (the usual one): the sorted indices of the sent entries in Elias-Fano form — each index split into
-  ``l = floor(log2(length / count))`` low bits, stored as ``l`` bit planes of ``count`` bits, and a high part,
-  stored in unary as bit ``high_i + i`` of an upper bitmap of ``count + ((length - 1) >> l)`` bits — then a sign
-  plane of ``count`` bits (1: -tau). About ``log2(length / count) + 3`` bits per sent entry, within ~1.6 bits of
-  the entropy of a uniformly random set, whatever the spacing: 1.6 bytes an entry at a density of 1e-3, where a
-  plain int32 index takes 4;
-- **bitmap**: 2 bits per parameter, two bit planes of ``ceil(length / 8)`` bytes (+tau, then -tau); the smallest
-  only above ~30 % of the entries sent;
+- **elias-fano** (the usual one): the sorted indices of the sent entries in Elias-Fano form, one bit string: the
+  ``l = floor(log2(length / count))`` low bits of every index (entry by entry, least significant first), then an
+  upper bitmap of ``count + ((length - 1) >> l)`` bits where entry i's high part h sets bit ``h + i``, then one sign
+  bit per entry (1: -tau); zero-padded to a whole byte at the end. About ``log2(length / count) + 3`` bits an entry,
+  whatever the spacing: 1.6 bytes at a density of 1e-3, where a plain int32 index takes 4;
+- **bitmap**: 2 bits per parameter, two bit planes of ``ceil(length / 8)`` bytes (+tau, then -tau; little bit order,
+  zero-padded); chosen above ``INDEX_DENSITY`` (1 %) sent, where the index formats' per-entry work would take the
+  codec under 2 GB/s, whatever the sizes;
 - **sparse**: one int32 per sent entry, the 1-based index carrying the sign (the first format; never the smallest
-  unless ``count`` is tiny, kept for ``fmt=SPARSE`` and for measuring).
+  unless ``count`` is tiny; kept for ``fmt=SPARSE`` and for measuring).
 
-Every bit plane is little bit order, padded with zero bits to a whole byte.
+``encode(..., limit=n)`` sends at most n entries, the largest in magnitude; the rest stay in the residual.
 
 Header (little-endian): magic ``TQ``, format (u8), tau (float32), CRC-32 of everything after it, then four unsigned
 LEB128 varints: length (parameters), count (entries sent), step, origin rank — 19 bytes for a 1 M-parameter
