@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sharing import caltech_like  # noqa: E402 - the same Caltech-256-shaped table
+from sharing import _Steps, caltech_like  # noqa: E402 - the same Caltech-256-shaped table, the same step recorder
 
 DIM, CLASSES = 4096, 257
 FANOUTS = (2, 4, 8, 16, 32)
@@ -43,14 +43,6 @@ LINK_ALPHA = 50e-6
 
 
 # ------------------------------------------------------------------------------------------------- measured
-class _Steps:
-    def __init__(self) -> None:
-        self.events = []
-
-    def on_round(self, event) -> None:
-        self.events.append(event)
-
-
 def measure(df, workers: int, setup: str, args, launcher, launcher_name: str) -> dict:
     from sparkdl.config import AveragingConfig, HeadConfig, OptimizerConfig, RunConfig, SharingConfig, TrainConfig
     from sparkdl.collective import tree

@@ -265,6 +265,15 @@ def _elias_fano(length: int, idx: np.ndarray, negative: np.ndarray) -> bytes:
     return np.packbits(bits, bitorder="little").tobytes()
 
 
+def _bitmap(length: int, positive: np.ndarray, negative: np.ndarray) -> bytes:
+    """Bitmap body: the +tau plane, then the -tau plane."""
+    up, down = np.zeros(length, bool), np.zeros(length, bool)
+    up[positive], down[negative] = True, True
+    if np.any(up & down):
+        raise ConfigError("an entry cannot be sent both +tau and -tau")
+    return _bits(up) + _bits(down)
+
+
 def _sparse(idx: np.ndarray, negative: np.ndarray) -> bytes:
     return np.where(negative, -(idx + 1), idx + 1).astype("<i4").tobytes()
 
@@ -326,11 +335,7 @@ def encode_indices(length: int, positive: np.ndarray, negative: np.ndarray, tau:
     count = len(positive) + len(negative)
     fmt = best_format(length, count) if fmt is None else fmt
     if fmt == BITMAP:
-        up, down = np.zeros(length, bool), np.zeros(length, bool)
-        up[positive], down[negative] = True, True
-        if np.any(up & down):
-            raise ConfigError("an entry cannot be sent both +tau and -tau")
-        body = _bits(up) + _bits(down)
+        body = _bitmap(length, positive, negative)
     elif fmt in (ELIAS_FANO, SPARSE):
         idx = np.concatenate([positive, negative])
         neg = np.concatenate([np.zeros(len(positive), bool), np.ones(len(negative), bool)])
@@ -368,14 +373,10 @@ def encode(residual: np.ndarray, tau: float, step: int = 0, origin: int = 0, fmt
         else:
             add_signs(residual, up, down, -t)
     if fmt == BITMAP:
-        if up is None:
-            up, down = np.zeros(length, bool), np.zeros(length, bool)
-            up[idx[~neg]], down[idx[neg]] = True, True
-            up, down = np.packbits(up, bitorder="little"), np.packbits(down, bitorder="little")
-        body = up.tobytes() + down.tobytes()
+        body = up.tobytes() + down.tobytes() if up is not None else _bitmap(length, idx[~neg], idx[neg])
     elif fmt in (ELIAS_FANO, SPARSE):
-        if idx is None:
-            idx, neg = hits if hits is not None else plane_indices(up, down)
+        if idx is None:  # some chunk was dense: the scan collected no indices
+            idx, neg = plane_indices(up, down)
         body = _elias_fano(length, idx, neg) if fmt == ELIAS_FANO else _sparse(idx, neg)
     else:
         raise ConfigError(f"unknown codec format {fmt}")
