@@ -125,3 +125,13 @@ def test_serve_deployment_renders_valid_probed_and_locked_down(helm, tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"serve": {"enabled": True}}))
     res = subprocess.run([helm, "template", "rel", str(CHART), "-f", str(tmp_path / "bad.yaml")], capture_output=True, text=True)
     assert res.returncode != 0 and "serve.model" in res.stderr
+
+
+@pytest.mark.parametrize("setting, complaint", [
+    ("worker.replicas=-1", "/worker/replicas"), ("worker.cores=abc", "/worker/cores"),
+    ("train.trainingMaster=bogus", "/train/trainingMaster"), ("worker.memory=lots", "/worker/memory"),
+    ("serve.port=70000", "/serve/port"), ("bogus=1", "bogus"),
+])  # fmt: skip
+def test_values_schema_rejects_bad_values(helm, setting, complaint):
+    res = subprocess.run([helm, "template", "rel", str(CHART), "--set", setting], capture_output=True, text=True)
+    assert res.returncode != 0 and "schema" in res.stderr and complaint in res.stderr, res.stderr
