@@ -1,14 +1,11 @@
-"""spark-submit entry point: images table -> features table (frozen pretrained CNN inside the executors).
+"""spark-submit entry point of the repository: `sparkdl featurize` as a job (the same file ships in the package as
+sparkdl/jobs/featurize.py: `spark-submit "$(python -m sparkdl.jobs --path featurize)"` where only the wheel is installed).
 
     spark-submit --master spark://HOST:7077 jobs/featurize.py --help
-
-Thin on purpose: the options and the code path are those of `sparkdl featurize` (sparkdl.cli); the master, executors
-and confs come from spark-submit. sparkdl must be importable on the driver and the executors (README: "Run on a
-cluster").
 """
 import sys
 
-from sparkdl.cli import main
+from sparkdl.jobs import run
 
 if __name__ == "__main__":
-    sys.exit(main(["featurize", *sys.argv[1:]], job=True))
+    sys.exit(run("featurize"))

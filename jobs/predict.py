@@ -1,15 +1,11 @@
-"""spark-submit entry point: model bundle + images (a folder or an images table) -> predictions table; or, with
---stream, a streaming query over a folder that receives new images.
+"""spark-submit entry point of the repository: `sparkdl predict` as a job (the same file ships in the package as
+sparkdl/jobs/predict.py: `spark-submit "$(python -m sparkdl.jobs --path predict)"` where only the wheel is installed).
 
     spark-submit --master spark://HOST:7077 jobs/predict.py --help
-
-Thin on purpose: the options and the code path are those of `sparkdl predict` (sparkdl.cli); the master, executors
-and confs come from spark-submit. sparkdl must be importable on the driver and the executors (README: "Run on a
-cluster").
 """
 import sys
 
-from sparkdl.cli import main
+from sparkdl.jobs import run
 
 if __name__ == "__main__":
-    sys.exit(main(["predict", *sys.argv[1:]], job=True))
+    sys.exit(run("predict"))

@@ -1,14 +1,11 @@
-"""spark-submit entry point: features table -> model bundle (--master averaging | sharing).
+"""spark-submit entry point of the repository: `sparkdl train` as a job (the same file ships in the package as
+sparkdl/jobs/train.py: `spark-submit "$(python -m sparkdl.jobs --path train)"` where only the wheel is installed).
 
     spark-submit --master spark://HOST:7077 jobs/train.py --help
-
-Thin on purpose: the options and the code path are those of `sparkdl train` (sparkdl.cli); the master, executors
-and confs come from spark-submit. sparkdl must be importable on the driver and the executors (README: "Run on a
-cluster").
 """
 import sys
 
-from sparkdl.cli import main
+from sparkdl.jobs import run
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]], job=True))
+    sys.exit(run("train"))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from sparkdl.config import FeaturizeConfig, IngestConfig, TrainConfig
+from sparkdl.extras import DISTRIBUTION, available
 
 Progress = Callable[[str], None]
 DEMO_MARKER = ".sparkdl-demo"  # in the digits tree: a later demo run may delete only a tree it wrote itself
@@ -118,6 +119,8 @@ def run_demo(
     trained = train_head(spark, featurize.output_uri, work / "model", train_config or TrainConfig(), overwrite=True, progress=say)
     report = write_report(trained.model_dir)
     say(f"demo: report written to {report}")
+    if not available("matplotlib"):
+        say(f"demo: the report has no plots: matplotlib is not installed (pip install '{DISTRIBUTION}[report]')")
     predicted, predictions = _predict_holdout(spark, ingest.output_uri, trained.model_dir, work, say)
     return {
         "predict": {**asdict(predicted), "images_per_second": predicted.rows_per_second},

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 from sparkdl.bundle import ModelBundle
+from sparkdl.extras import DISTRIBUTION, available, require
 from sparkdl.train.events import EpochEvent, Event, RoundEvent, events_from_json
 
 
 def _plt():
-    import matplotlib
+    matplotlib = require("matplotlib", "report", "plotting the report")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,15 +105,21 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, ti
     _save(plt, fig, path)
 
 
+# the page's line where the figures would be when matplotlib is not installed
+NO_PLOTS = f"<p>No plots: matplotlib is not installed (pip install '{DISTRIBUTION}[report]').</p>"
+
+
 def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write ``loss.png``, ``epochs.png``, ``phases.png``, ``confusion.png`` (+ ``sharing.png`` for the sharing
-    master) and ``report.html``; returns the HTML."""
+    master) and ``report.html``; returns the HTML. Without matplotlib (the ``report`` extra) the page alone, saying
+    how to get the plots."""
     bundle = ModelBundle.load(model_dir)
     out = Path(out_dir) if out_dir else Path(model_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     figures = []
     events = events_from_json(bundle.events)
-    if events:
+    plots = available("matplotlib")
+    if events and plots:
         plot_loss(events, out / "loss.png")
         plot_accuracy(events, out / "epochs.png")
         plot_phases(events, out / "phases.png")
@@ -121,7 +128,7 @@ def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Pa
             plot_sharing(events, out / "sharing.png")
             figures.append(("Gradient sharing", "sharing.png"))
     split = next((s for s in ("test", "valid", "train") if s in bundle.metrics), None)
-    if split:
+    if split and plots:
         plot_confusion(bundle.metrics[split]["confusion"], bundle.labels, out / "confusion.png", f"Confusion matrix ({split})")
         figures.append((f"Confusion matrix ({split})", "confusion.png"))
     rows = []
@@ -150,6 +157,7 @@ head: {html.escape(json.dumps(bundle.head.config.to_json()))}, {bundle.head.n_cl
 <pre>{html.escape(json.dumps(facts, indent=2))}</pre>
 <pre>{html.escape(json.dumps(bundle.training, indent=2))}</pre>
 {''.join(f'<h2>{html.escape(t)}</h2><img src="{f}" alt="{html.escape(t)}">' for t, f in figures)}
+{"" if plots else NO_PLOTS}
 </body></html>
 """
     (out / "report.html").write_text(page)

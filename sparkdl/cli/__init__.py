@@ -1,6 +1,6 @@
 """``sparkdl`` command line: demo | ingest | featurize | train | evaluate | report | fs.
 
-The only place (with ``jobs/``) that reads argv and the environment. Progress lines go to stderr, the final summary
+The only place (with ``sparkdl.jobs``) that reads argv and the environment. Progress lines go to stderr, the final summary
 to stdout (``--json`` for a machine-readable one). Errors: one line on stderr, exit code 1 (2 for usage errors,
 130 when interrupted); ``--debug`` shows the traceback instead.
 
@@ -18,7 +18,7 @@ Adding a command group (e.g. ``infer``: predict, serve, export):
            return {"predict": run_predict}
 
    ``sub`` is the top-level sub-parsers action (under ``job=True`` its ``add_parser`` names each command
-   ``spark-submit jobs/<name>.py``); ``common`` is ``options.common_parser()``, the parent giving ``--spark-master``,
+   ``spark-submit sparkdl/jobs/<name>.py``); ``common`` is ``options.common_parser()``, the parent giving ``--spark-master``,
    ``--driver-memory``, ``--json``, ``--quiet``, ``--progress-every``, ``--debug`` (a command without it must still
    define ``--quiet`` and ``--debug``). A runner ``run_x(args, say)`` prints its summary and returns the payload; it
    raises to fail (``SparkDLError`` for a one-line error, ``options.QuietFailure`` for exit 1 with no line). Import
@@ -34,7 +34,7 @@ import sys
 from typing import Callable, Sequence
 
 from sparkdl.cli import export, fs, predict, serve, stages
-from sparkdl.cli.options import Progress, QuietFailure, common_parser
+from sparkdl.cli.options import Progress, QuietFailure, cli_params, common_parser, tracking_config
 from sparkdl.errors import SparkDLError
 from sparkdl.progress import DEFAULT_INTERVAL_S
 
@@ -56,7 +56,7 @@ def _build(job: bool) -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     if job:
         add_parser = sub.add_parser
-        sub.add_parser = lambda name, **kw: add_parser(name, prog=f"spark-submit jobs/{name}.py", **kw)  # type: ignore[method-assign]
+        sub.add_parser = lambda name, **kw: add_parser(name, prog=f"spark-submit sparkdl/jobs/{name}.py", **kw)  # type: ignore[method-assign]
     common = common_parser()
     commands: dict[str, Runner] = {}
     for group in GROUPS:
@@ -70,7 +70,7 @@ def _build(job: bool) -> tuple[argparse.ArgumentParser, dict[str, Runner]]:
 
 
 def build_parser(job: bool = False) -> argparse.ArgumentParser:
-    """The ``sparkdl`` parser; ``job=True`` names each command ``spark-submit jobs/<command>.py`` in its usage."""
+    """The ``sparkdl`` parser; ``job=True`` names each command ``spark-submit sparkdl/jobs/<command>.py`` in its usage."""
     return _build(job)[0]
 
 
@@ -82,13 +82,29 @@ def _one_line(exc: BaseException) -> str:
     return first if isinstance(exc, SparkDLError) else f"{type(exc).__name__}: {first}"
 
 
+def _run(runner: Runner, args: argparse.Namespace, say: Progress) -> dict:
+    """The command, inside an MLflow run when asked (``--mlflow``): its options as params, the summary's numbers as
+    metrics (``metrics.<split>.<name>`` as ``<split>.<name>``); the runner finds the run as ``args.mlflow_run``."""
+    tracking = tracking_config(args)
+    if tracking is None:
+        return runner(args, say)
+    from sparkdl.tracking import MlflowRun, flatten
+
+    with MlflowRun(tracking, args.command, params=cli_params(args), say=say) as run:
+        args.mlflow_run = run
+        say(f"{args.command}: MLflow run {run.run_id} in experiment {tracking.experiment!r} at {tracking.uri}")
+        payload = runner(args, say)
+        run.log_metrics({k.removeprefix("metrics."): v for k, v in flatten(payload).items()})
+    return payload
+
+
 def main(argv: Sequence[str] | None = None, job: bool = False) -> int:
-    """``job=True``: called by a ``jobs/<command>.py`` entry point (usage lines name the job)."""
+    """``job=True``: called by a ``sparkdl/jobs/<command>.py`` entry point (usage lines name the job)."""
     parser, commands = _build(job)
     args = parser.parse_args(argv)
     say = Progress(quiet=args.quiet, interval_s=getattr(args, "progress_every", DEFAULT_INTERVAL_S))
     try:
-        commands[args.command](args, say)
+        _run(commands[args.command], args, say)
     except QuietFailure:
         return 1
     except KeyboardInterrupt:

@@ -1,16 +1,19 @@
 """What every command group shares: progress lines, argument types, the common options, the training options and
-their config, the Spark session, the summary printer.
+their config, the Spark session, the MLflow tracking options, the summary printer.
 
-Names used by more than one module are public here; argv is read only in ``sparkdl.cli`` (and ``jobs/``).
+Names used by more than one module are public here; argv and the environment are read only in ``sparkdl.cli`` (and
+``sparkdl.jobs``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 
 from sparkdl.config import EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, SessionConfig, TrainConfig, training_defaults
+from sparkdl.errors import ConfigError
 from sparkdl.progress import DEFAULT_INTERVAL_S, Reporter, spark_ui_url
 
 
@@ -101,6 +104,43 @@ def common_parser() -> argparse.ArgumentParser:
                         f"(a terminal gets a live bar) (default {DEFAULT_INTERVAL_S:g})")  # fmt: skip
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return common
+
+
+def add_mlflow_args(p: argparse.ArgumentParser) -> None:
+    """``--mlflow``, ``--mlflow-uri``, ``--mlflow-experiment``, ``--mlflow-run-name`` (read by ``tracking_config``)."""
+    g = p.add_argument_group("MLflow tracking (pip install 'sparkdl-torch[mlflow]')")
+    g.add_argument("--mlflow", action="store_true",
+                   help="log this run to MLflow (tracking URI: --mlflow-uri, else MLFLOW_TRACKING_URI)")  # fmt: skip
+    g.add_argument("--mlflow-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI, e.g. http://mlflow:5000, databricks or sqlite:///mlflow.db (implies --mlflow)")
+    g.add_argument("--mlflow-experiment", default=None, metavar="NAME",
+                   help="experiment (created when missing; default MLFLOW_EXPERIMENT_NAME, else sparkdl)")  # fmt: skip
+    g.add_argument("--mlflow-run-name", default=None, metavar="NAME", help="the run's name (default: MLflow's)")
+
+
+def tracking_config(args, environ=None):
+    """The command's ``TrackingConfig``, or None when neither ``--mlflow`` nor ``--mlflow-uri`` was given."""
+    from sparkdl.tracking import TrackingConfig
+
+    env = os.environ if environ is None else environ
+    if not getattr(args, "mlflow", False) and not getattr(args, "mlflow_uri", None):
+        return None
+    uri = args.mlflow_uri or env.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError("--mlflow needs a tracking URI: --mlflow-uri URI or MLFLOW_TRACKING_URI "
+                          "(e.g. http://mlflow:5000, or sqlite:///mlflow.db for a local store)")  # fmt: skip
+    experiment = args.mlflow_experiment or env.get("MLFLOW_EXPERIMENT_NAME") or "sparkdl"
+    return TrackingConfig(uri=uri, experiment=experiment, run_name=args.mlflow_run_name)
+
+
+# the options that steer the command line itself, not the stage: not logged as a run's params
+NOT_PARAMS = {"command", "json", "quiet", "debug", "progress_every", "mlflow", "mlflow_uri", "mlflow_experiment",
+              "mlflow_run_name", "mlflow_run"}  # fmt: skip
+
+
+def cli_params(args) -> dict:
+    """The options a command ran with, as a tracking run's params."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_PARAMS}
 
 
 def add_train_args(p: argparse.ArgumentParser, epochs: int | None = None) -> None:

@@ -6,7 +6,7 @@ import signal
 import threading
 from dataclasses import asdict
 
-from sparkdl.cli.options import fraction, positive_int, print_summary, session, stage_rows
+from sparkdl.cli.options import add_mlflow_args, fraction, positive_int, print_summary, session, stage_rows
 
 
 def register(sub, common) -> dict:
@@ -41,6 +41,7 @@ def register(sub, common) -> dict:
     when.add_argument("--available-now", action="store_true",
                       help="--stream: process every image there now, then stop (the default with --stream)")  # fmt: skip
     p.add_argument("--max-files-per-trigger", type=positive_int, default=None, help="--stream: files per micro-batch")
+    add_mlflow_args(p)
     return {"predict": run_predict}
 
 

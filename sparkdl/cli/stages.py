@@ -5,10 +5,11 @@ import argparse
 from dataclasses import asdict
 
 from sparkdl.cli.options import (
-    add_train_args, fraction, metrics_rows, positive_int, print_summary, session, split_arg, stage_rows, train_config,
+    add_mlflow_args, add_train_args, fraction, metrics_rows, positive_int, print_summary, session, split_arg, stage_rows, train_config,
 )  # fmt: skip
 from sparkdl.config import DEVICES, PRECISIONS, RUNTIMES, FeaturizeConfig, IngestConfig
 from sparkdl.errors import ConfigError
+from sparkdl.extras import DISTRIBUTION, available
 
 
 def register(sub, common: argparse.ArgumentParser) -> dict:
@@ -76,6 +77,7 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
                       "CPU), cpu or cuda")  # fmt: skip
     feat.add_argument("--max-reject-fraction", type=fraction, default=0.01, help="fail above this fraction of bad images (default 0.01)")
     feat.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_mlflow_args(feat)
 
     train = sub.add_parser(
         "train",
@@ -92,6 +94,7 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
     train.add_argument("--no-embed-backbone", dest="embed_backbone", action="store_false",
                        help="store the backbone weights file's URI + sha256 in the bundle instead of the converted "
                             "weights (a small bundle; the file must stay readable where the model is used)")  # fmt: skip
+    add_mlflow_args(train)
 
     ev = sub.add_parser(
         "evaluate",
@@ -208,9 +211,16 @@ def run_train(args, say) -> dict:
     from sparkdl.train.run import train_head
 
     config = train_config(args)
+    run = getattr(args, "mlflow_run", None)  # set by sparkdl.cli when --mlflow
     say("train: starting Spark")
-    result = train_head(session(args, say), args.features, args.output, config, overwrite=args.overwrite, progress=say,
-                        embed_backbone=args.embed_backbone)  # fmt: skip
+    spark = session(args, say)
+    result = train_head(spark, args.features, args.output, config, overwrite=args.overwrite, progress=say,
+                        embed_backbone=args.embed_backbone, listeners=[run.listener()] if run else ())  # fmt: skip
+    if run is not None:
+        from sparkdl.tracking import log_bundle
+
+        log_bundle(run, spark, result.model_dir)
+        say(f"train: model bundle logged to MLflow run {run.run_id} as artifact 'model'")
     payload = asdict(result)
     print_summary(
         "train summary",
@@ -251,6 +261,8 @@ def run_report(args, say) -> dict:
     if not hadoopfs.is_local(args.model):
         raise ConfigError(f"report reads a model on the local disk: copy it first, e.g. `sparkdl fs get {args.model} model`")
     page = write_report(args.model, args.out)
+    if not available("matplotlib"):
+        say(f"report: HTML only, no plots: matplotlib is not installed (pip install '{DISTRIBUTION}[report]')")
     payload = {"report": str(page), "files": sorted(p.name for p in page.parent.iterdir())}
     print_summary("report", [("html", str(page)), ("files", ", ".join(payload["files"]))], payload, args.json)
     return payload

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparkdl.errors import ConfigError, DataError
+from sparkdl.extras import require
 
 DEFAULT_HTTP_PORT = 9870
 
@@ -95,7 +96,7 @@ class WebHdfs:
     """One NameNode's WebHDFS endpoint. Paths are absolute HDFS paths (``/a/b``) or ``hdfs://`` URIs of it."""
 
     def __init__(self, url: str, user: str, timeout_s: float = 60.0) -> None:
-        from hdfs import InsecureClient
+        InsecureClient = require("hdfs", "webhdfs", "WebHDFS (sparkdl fs)").InsecureClient
 
         self.url, self.user = url, user
         self._client = InsecureClient(url, user=user, timeout=timeout_s)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sparkdl.errors import ConfigError
+from sparkdl.extras import require
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -82,8 +83,7 @@ def _attr_names(attrs, key: str) -> list[str] | None:
 def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     """Layer name -> weight arrays in Keras order (kernel, bias), from a Keras 2 weights/model HDF5 file
     (``layer_names`` / ``weight_names`` attributes) or a Keras 3 ``.weights.h5`` (``layers/<name>/vars/<i>``)."""
-    import h5py
-
+    h5py = require("h5py", "keras", "reading Keras .h5 weights")
     p = _check_file(path)
     try:
         f = h5py.File(p, "r")

@@ -30,13 +30,18 @@ from sparkdl.errors import ConfigError, DataError
 from sparkdl.ml import columns
 from sparkdl.ml.persist import BundlePersistence, is_spark_ml_save
 from sparkdl.ml.train_params import HasTrainingParams
-from sparkdl.params import column_name, one_of, param, with_accessors
+from sparkdl.params import checked_string, column_name, one_of, param, with_accessors
 from sparkdl.session import is_connect
 from sparkdl.model import HeadSpec
 
 HANDLE_INVALID = ("keep", "skip", "error")
 SCORE_TYPE = "struct<raw:array<double>,prob:array<double>,pred:double,err:string>"
 _TMP = "__sparkdl_"
+
+
+def _nonempty(text: str) -> None:
+    if not text.strip():
+        raise ConfigError("mlflowExperiment must be a non-empty name")
 
 
 class _HeadColumns(HasFeaturesCol, HasPredictionCol, HasProbabilityCol, HasRawPredictionCol):
@@ -57,16 +62,33 @@ class _HeadColumns(HasFeaturesCol, HasPredictionCol, HasProbabilityCol, HasRawPr
 
 @with_accessors
 class HeadClassifier(Estimator, _HeadColumns, HasLabelCol, HasTrainingParams, DefaultParamsReadable, DefaultParamsWritable):
-    """Trains a head with a distributed training master (every Param of ``sparkdl train``; defaults shared with it)."""
+    """Trains a head with a distributed training master (every Param of ``sparkdl train``; defaults shared with it).
+    With ``mlflowTrackingUri`` set, the fit is an MLflow run, as ``sparkdl train --mlflow`` logs it."""
+
+    mlflowTrackingUri = param("mlflowTrackingUri", "log the fit to MLflow at this tracking URI, e.g. http://mlflow:5000 "
+                              "('': not tracked; needs the mlflow extra)", checked_string("mlflowTrackingUri", lambda s: None,
+                                                                                      "a tracking URI or ''"))  # fmt: skip
+    mlflowExperiment = param("mlflowExperiment", "the MLflow experiment of the run (created when missing)",
+                             checked_string("mlflowExperiment", _nonempty, "a non-empty name"))  # fmt: skip
 
     @keyword_only
     def __init__(self, **kwargs) -> None:
         super().__init__()
         self._column_defaults()
-        self._setDefault(labelCol="label_index")
+        self._setDefault(labelCol="label_index", mlflowTrackingUri="", mlflowExperiment="sparkdl")
         self._set(**self._input_kwargs)
 
     def _fit(self, dataset) -> "HeadClassifierModel":
+        uri = self.getMlflowTrackingUri()
+        if not uri:
+            return self._fit_tracked(dataset, None)
+        from sparkdl.tracking import MlflowRun, TrackingConfig
+
+        params = {**self.trainConfig().to_json(), "featuresCol": self.getFeaturesCol(), "labelCol": self.getLabelCol()}
+        with MlflowRun(TrackingConfig(uri, self.getMlflowExperiment()), "HeadClassifier.fit", params) as run:
+            return self._fit_tracked(dataset, run)
+
+    def _fit_tracked(self, dataset, run) -> "HeadClassifierModel":
         from pyspark.sql import functions as F
 
         from sparkdl.session import job_description
@@ -113,13 +135,30 @@ class HeadClassifier(Estimator, _HeadColumns, HasLabelCol, HasTrainingParams, De
             if first is None:
                 raise DataError(f"HeadClassifier.fit: column {self.getFeaturesCol()!r} is null in every row")
             dim = int(first[0])
-        result = build_master(cfg).fit(df, build_head(cfg.head, dim, n_classes, seed=cfg.seed), n_classes)
+        result = build_master(cfg).fit(df, build_head(cfg.head, dim, n_classes, seed=cfg.seed), n_classes,
+                                       listeners=[run.listener()] if run is not None else [])  # fmt: skip
         names = list(labels.names or [])
         names += [str(i) for i in range(len(names), n_classes)]
         training = {**cfg.to_json(), "label_source": labels.source, "skipped_rows": skipped}
         bundle = ModelBundle(head=HeadSpec.from_module(cfg.head, dim, n_classes, result.head), labels=names[:n_classes],
                              training=training)  # fmt: skip
+        if run is not None:
+            _log_fit(run, bundle, result, skipped)
         return self._copyValues(HeadClassifierModel(bundle))
+
+
+
+def _log_fit(run, bundle: ModelBundle, result, skipped: int) -> None:
+    """The fit's final numbers and the model bundle, into its MLflow run."""
+    import tempfile
+
+    best = result.history[result.best_epoch] if result.history else None
+    run.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history), "skipped_rows": skipped,
+                     "train_seconds": result.seconds, "best_valid_accuracy": getattr(best, "valid_accuracy", None),
+                     **{k: v for k, v in result.stats.items() if not isinstance(v, (list, dict))}})  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="sparkdl-mlflow-") as tmp:
+        save_bundle(bundle, f"{tmp}/model")
+        run.log_dir(f"{tmp}/model", "model")
 
 
 def _invalid_features(col):

@@ -27,6 +27,7 @@ class RoundEvent:
     minibatches: int | None = None  # averaging: minibatches fitted by all workers
     tau: float | None = None  # sharing: the threshold of this step
     sent_fraction: float | None = None
+    # bytes rank 0 sent: its sharing message; averaging: its allreduce payload (rounds: the parameters, each way)
     message_bytes: int | None = None
     residual_norm: float | None = None
     updates_applied: int | None = None

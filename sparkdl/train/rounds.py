@@ -145,6 +145,7 @@ def fit_rounds(plan: LoopPlan, spark, shards, valid, head, has_valid: bool, list
             notify(listeners, RoundEvent(
                 epoch=epoch, round=r, iteration=iteration, loss=summed["loss_sum"] / max(1, summed["examples"]),
                 lr=cfg.optimizer.lr, examples=summed["examples"], workers=k, minibatches=summed["minibatches"],
+                message_bytes=param_bytes,
                 phases={"broadcast": t1 - t0, "worker_fit": summed["fit_seconds_max"],
                         "aggregate": max(0.0, (t2 - t1) - summed["fit_seconds_max"]), "update": t3 - t2},
             ))  # fmt: skip

@@ -7,7 +7,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from sparkdl.bundle import ModelBundle, load_bundle, save_bundle
 from sparkdl.config import TrainConfig
@@ -21,6 +21,7 @@ from sparkdl.featurize.carry import carry_backbone
 from sparkdl.featurize.precision import Numerics
 from sparkdl.session import job_description
 from sparkdl.model import HeadSpec, build_head
+from sparkdl.train.events import TrainingListener
 from sparkdl.train.listeners import EventLog, ScoreListener, StatsCollector
 from sparkdl.train.checkpoint import CheckpointStore
 from sparkdl.train.driver import build_master
@@ -101,23 +102,24 @@ def train_head(
     progress: Progress | None = None,
     embed_backbone: bool = True,
     launcher=None,
+    listeners: Sequence[TrainingListener] = (),
 ) -> TrainSummary:
     """Train a head on a features table and write a self-contained model bundle: the head, its labels, and the
     backbone the features were made with (a user's weights converted into ``backbone.safetensors``, or the embedded
     package's sha256; ``embed_backbone=False`` stores the weights URI + sha256 instead). ``launcher`` runs a barrier fit (default:
-    ``sparkdl.launch.build_launcher(config.run)``). Its Spark jobs show
+    ``sparkdl.launch.build_launcher(config.run)``); ``listeners`` get the training events live (e.g. MLflow's). Its Spark jobs show
     ``sparkdl train: ...`` in the Spark UI (job group ``sparkdl-train``): checking, the fit, scoring, writing."""
     scratch = Path(tempfile.mkdtemp(prefix="sparkdl-train-"))
     try:
         with job_description(spark, "train", f"{features_uri} -> {output_dir}"):
             return _train_head(spark, features_uri, output_dir, config, overwrite, progress, embed_backbone, scratch,
-                               launcher)
+                               launcher, listeners)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overwrite: bool, progress: Progress | None,
-                embed_backbone: bool, scratch: Path, launcher) -> TrainSummary:  # fmt: skip
+                embed_backbone: bool, scratch: Path, launcher, extra_listeners) -> TrainSummary:  # fmt: skip
     say = progress or (lambda _msg: None)
     out = str(output_dir)
     with job_description(spark, "train", f"checking {features_uri}"):
@@ -144,7 +146,7 @@ def _train_head(spark, features_uri: str, output_dir, config: TrainConfig, overw
     )
     start = time.perf_counter()
     # the masters describe their own jobs (the fit, per round in the ``rounds`` execution)
-    listeners = [events, stats, ScoreListener(say, every=config.score_every)]
+    listeners = [events, stats, ScoreListener(say, every=config.score_every), *extra_listeners]
     result = build_master(config, launcher).fit(df, head, len(labels), listeners=listeners, progress=progress)
     for problem in result.stats["checkpoint_errors"]:
         warnings.append(problem)

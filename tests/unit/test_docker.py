@@ -29,7 +29,7 @@ def test_copied_paths_are_not_docker_ignored_and_exist():
         m = re.match(r"COPY\s+(?!--from)(?:--\S+\s+)*(.+)\s+\S+$", line.strip())
         if m:
             sources += m.group(1).split()
-    assert {"pyproject.toml", "README.md", "sparkdl", "jobs"} <= set(sources)
+    assert {"pyproject.toml", "README.md", "sparkdl", "docker/entrypoint.sh"} <= set(sources)
     for src in sources:
         assert (REPO / src).exists(), src
         assert not any(fnmatch.fnmatch(src, pat) for pat in ignored), f"{src} is excluded by .dockerignore"
@@ -44,5 +44,12 @@ def test_image_runs_as_non_root_and_pins_cpu_torch():
 
 def test_image_can_serve():
     text = DOCKERFILE.read_text()
-    assert "sparkdl[serve]" in text  # starlette, uvicorn, python-multipart
+    assert re.search(r"sparkdl-torch\[[a-z,]*\bserve\b", text)  # starlette, uvicorn, python-multipart
     assert re.search(r"^EXPOSE .*\b8000\b", text, re.M)
+
+
+def test_image_installs_the_wheel_that_carries_the_jobs():
+    text = DOCKERFILE.read_text()
+    assert "/tmp/sparkdl_torch-*.whl" in text and "python -m build --wheel" in text
+    jobs = re.search(r"SPARKDL_JOBS=(\S+)", text).group(1)
+    assert jobs == "/usr/local/lib/python3.11/site-packages/sparkdl/jobs"  # where pip puts sparkdl/jobs/ in the image

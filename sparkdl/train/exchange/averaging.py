@@ -85,7 +85,7 @@ class AveragingExchange(Exchange):
         self.checks.check_finite(self.state.values(), epoch, index)
         t3 = time.perf_counter()
         event = {"loss": counts[1] / max(1.0, counts[2]), "examples": int(counts[2]), "workers": k,
-                 "minibatches": int(counts[3]),
+                 "minibatches": int(counts[3]), "message_bytes": self.payload_bytes,
                  "phases": {"worker_fit": float(seconds.max()), "aggregate": t2 - t1,
                             "update": (t1 - t0 - stats.seconds) + (t3 - t2)}}  # fmt: skip
         return StepResult(float(counts[1]), int(counts[2]), event)
