@@ -93,26 +93,7 @@ def test_missing_java_is_explained(tmp_path):
     assert "Spark needs Java 17" in res.stderr and "openjdk-17-jre-headless" in res.stderr
 
 
-def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path):
-    res = run("demo", "--workdir", str(tmp_path / "demo"), "--max-per-class", "3", "--epochs", "2", "--json")
-    assert res.returncode == 0, res.stderr
-    summary = json.loads(res.stdout)
-    assert summary["ingest"]["rows_out"] == 30
-    assert summary["ingest"]["labels"] == [str(d) for d in range(10)]
-    assert summary["featurize"]["rows_out"] == 30
-    assert summary["featurize"]["backbone"]["name"] == "efficientnet_lite0"
-    assert summary["featurize"]["backbone"]["feature_dim"] == 1280
-    assert (tmp_path / "demo" / "features.parquet").is_dir()
-    assert summary["train"]["epochs_run"] == 2
-    assert set(summary["train"]["metrics"]) <= {"train", "valid", "test"}
-    assert (tmp_path / "demo" / "model" / "head.safetensors").is_file()
-    assert summary["report"].endswith("report.html")
-    # the demo ends by using the model: `sparkdl predict` on a few held-out images, printed
-    assert summary["predictions"] and summary["predict"]["rows_out"] == len(summary["predictions"])
-    assert all(p["prediction"] in summary["ingest"]["labels"] and p["label"] for p in summary["predictions"])
-    assert "predicted" in run("demo", "--workdir", str(tmp_path / "demo"), "--max-per-class", "1", "--epochs", "1").stdout
-    config = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())
-    assert config["backbone"]["carried"]["kind"] == "package" and len(config["backbone"]["carried"]["sha256"]) == 64
+# the demo end to end: tests/test_wheel.py runs it from the installed wheel, as a user would
 
 
 def test_train_evaluate_report(spark, tmp_path):
