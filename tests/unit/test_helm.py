@@ -26,6 +26,7 @@ CUSTOM = {
     "worker": {"replicas": 3, "cores": 4, "memory": "8g"},
     "hadoop": {"defaultFS": HDFS, "hdfsSite": {"dfs.client.use.datanode.hostname": "true"}},
     "networkPolicy": {"enabled": False},
+    "driverServiceAccount": {"create": True, "name": "spark"},  # for spark-submit --master k8s://, no operator
     "train": {"enabled": True, "features": f"{HDFS}/sparkdl/features.parquet", "trainingMaster": "sharing",
               "extraArgs": ["--threshold", "adaptive"], "modelVolume": {"claimName": "models"}},
 }  # fmt: skip
@@ -67,8 +68,8 @@ FULL = {
 }  # fmt: skip
 
 # the operator alone: no standalone cluster
-OPERATOR_ONLY = {"standalone": {"enabled": False}, "sparkAuth": {"enabled": True},
-                 "sparkOperator": {"enabled": True, "driverServiceAccount": {"create": False, "name": "spark"},
+OPERATOR_ONLY = {"standalone": {"enabled": False}, "sparkAuth": {"enabled": True}, "driverServiceAccount": {"name": "spark"},
+                 "sparkOperator": {"enabled": True,
                                    "predict": {"enabled": True, "model": f"{HDFS}/op/head", "table": f"{HDFS}/op/images.parquet",
                                                "output": f"{HDFS}/op/predictions.parquet"}}}  # fmt: skip
 
@@ -252,6 +253,9 @@ def test_custom_values_render_the_training_job(rendered):
     hadoop = _one(docs, "ConfigMap", "rel-sparkdl-hadoop")
     assert HDFS in hadoop["data"]["core-site.xml"] and "use.datanode.hostname" in hadoop["data"]["hdfs-site.xml"]
     assert _one(docs, "StatefulSet", "rel-sparkdl-worker")["spec"]["replicas"] == 3
+    # the Spark drivers' account without the operator: made on request, with its Role
+    assert _one(docs, "ServiceAccount", "spark")["automountServiceAccountToken"] is True
+    assert _one(docs, "RoleBinding", "spark")["subjects"][0]["name"] == "spark" and _one(docs, "Role", "spark")["rules"]
 
 
 def test_jobs_run_the_stage_scripts_in_jobs_dir_with_options_the_cli_accepts(rendered):

@@ -61,14 +61,15 @@ spark://{{ include "sparkdl.fullname" . }}-master:{{ .Values.master.port }}
 {{- end -}}
 {{- end -}}
 
-{{/* the service account of the Spark drivers the operator starts: they create and watch their executor pods */}}
+{{/* the service account of Spark drivers on Kubernetes (the operator's, or spark-submit --master k8s://) */}}
 {{- define "sparkdl.driverServiceAccountName" -}}
-{{- $sa := .Values.sparkOperator.driverServiceAccount -}}
-{{- if $sa.create -}}
-{{ $sa.name | default (printf "%s-spark-driver" (include "sparkdl.fullname" .) | trunc 63 | trimSuffix "-") }}
-{{- else -}}
-{{ $sa.name | default "default" }}
+{{ .Values.driverServiceAccount.name | default (printf "%s-spark-driver" (include "sparkdl.fullname" .) | trunc 63 | trimSuffix "-") }}
 {{- end -}}
+
+{{/* whether the chart makes that account: asked for, or the operator is on and no existing account is named */}}
+{{- define "sparkdl.makeDriverServiceAccount" -}}
+{{- $sa := .Values.driverServiceAccount -}}
+{{- if or $sa.create (and .Values.sparkOperator.enabled (not $sa.name)) }}true{{ end -}}
 {{- end -}}
 
 {{/* nodeSelector / tolerations / affinity of a pod: the component's own where it sets one, else the global one.
