@@ -48,7 +48,8 @@ FULL = {
     "ingest": {"enabled": True, "images": f"{HDFS}/data/caltech", "output": f"{HDFS}/sparkdl/images.parquet"},
     "featurize": {"enabled": True, "input": f"{HDFS}/sparkdl/images.parquet", "output": f"{HDFS}/sparkdl/features.parquet",
                   "backbone": "vgg16", "weights": f"{HDFS}/models/vgg16.pth"},
-    "train": {"enabled": True, "features": f"{HDFS}/sparkdl/features.parquet", "output": f"{HDFS}/sparkdl/head"},
+    "train": {"enabled": True, "features": f"{HDFS}/sparkdl/features.parquet", "output": f"{HDFS}/sparkdl/head",
+              "resources": {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"memory": "4Gi"}}},
     "serve": {"enabled": True, "model": f"{HDFS}/sparkdl/head", "tokenSecret": "serve-token",
               "allowFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}], "modelVolume": {"claimName": "models"}},
     "sparkOperator": {
@@ -270,6 +271,7 @@ def test_jobs_run_the_stage_scripts_in_jobs_dir_with_options_the_cli_accepts(ren
         assert c["args"][:2] == ["--master", "spark://rel-sparkdl-master:7077"]
         assert _parses(stage, c["args"][script + 1:])[option] == value
         assert pod["restartPolicy"] == "Never" and c["securityContext"]["readOnlyRootFilesystem"]
+    assert _one(docs, "Job", "rel-sparkdl-train")["spec"]["template"]["spec"]["containers"][0]["resources"] == FULL["train"]["resources"]
 
 
 def test_scheduling_pull_secrets_and_service_accounts_reach_every_pod(rendered):
@@ -355,7 +357,7 @@ def test_pdb_service_monitors_and_server(rendered):
     assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
     master_sm = _one(docs, "ServiceMonitor", "rel-sparkdl-master")["spec"]
     serve_sm = _one(docs, "ServiceMonitor", "rel-sparkdl-serve")["spec"]
-    assert master_sm["endpoints"][0]["path"] == "/metrics/master/prometheus" and master_sm["endpoints"][0]["port"] == "http"
+    assert master_sm["endpoints"][0]["path"] == "/metrics/master/prometheus/" and master_sm["endpoints"][0]["port"] == "http"
     assert serve_sm["endpoints"][0]["path"] == "/metrics" and serve_sm["endpoints"][0]["authorization"]["credentials"]["name"] == "serve-token"
     for sm, component in ((master_sm, "master"), (serve_sm, "serve")):
         svc = _one(docs, "Service", f"rel-sparkdl-{component}")
@@ -427,3 +429,40 @@ def test_values_schema_rejects_bad_values(helm, tmp_path, setting, complaint):
     err = _refused(helm, tmp_path, sets=[setting])
     assert "schema" in err and complaint in err, err
 
+
+
+# the install commands of helm/README-section.md ("Run on Kubernetes"), as values
+README_EXAMPLES = {
+    "native": ({"standalone": {"enabled": False}, "driverServiceAccount": {"create": True}, "hadoop": {"defaultFS": "hdfs://nn:9000"}},
+               ["ConfigMap", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount", "ServiceAccount"]),
+    "operator": ({"standalone": {"enabled": False}, "hadoop": {"defaultFS": "hdfs://nn:9000"},
+                  "sparkOperator": {"enabled": True, "executor": {"instances": 2, "cores": 2},
+                                    "train": {"enabled": True, "features": "hdfs://nn:9000/sparkdl/features.parquet",
+                                              "output": "hdfs://nn:9000/sparkdl/head", "workers": 4}}},
+                 ["ConfigMap", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount", "ServiceAccount", "SparkApplication"]),
+    "auth": ({"sparkAuth": {"enabled": True, "secretName": "spark-rpc"}},
+             ["ConfigMap", "Deployment", "NetworkPolicy", "Service", "Service", "ServiceAccount", "StatefulSet"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("example", sorted(README_EXAMPLES))
+def test_readme_examples_render(helm, tmp_path, crd_validators, example):
+    values, kinds = README_EXAMPLES[example]
+    docs = _template(helm, tmp_path, values)
+    assert sorted(d["kind"] for d in docs) == kinds
+    for d in docs:
+        if (d["apiVersion"], d["kind"]) in CRDS:
+            assert not _crd_errors(crd_validators, d)
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    if example == "native":
+        assert {("ServiceAccount", "rel-sparkdl-spark-driver"), ("ConfigMap", "rel-sparkdl-hadoop")} <= names
+
+
+def test_notes_say_where_things_are(helm, tmp_path):
+    res = subprocess.run([helm, "install", "rel", str(CHART), "--dry-run=client", *_values_args(tmp_path, FULL)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    notes = res.stdout[res.stdout.index("NOTES:"):]
+    assert "port-forward svc/rel-sparkdl-master 8080" in notes and "logs -f job/rel-sparkdl-featurize" in notes
+    assert "get sparkapplications" in notes and "logs -f rel-sparkdl-predict-driver" in notes
+    assert "/opt/sparkdl/jobs/train.py" in notes and "port-forward svc/rel-sparkdl-serve 8000" in notes
