@@ -23,10 +23,10 @@ JOBS_DIR = "/usr/local/lib/python3.11/site-packages/sparkdl/jobs"
 HDFS = "hdfs://namenode:9000"
 
 CUSTOM = {
-    "worker": {"replicas": 3, "cores": 4, "memory": "8g"},
     "hadoop": {"defaultFS": HDFS, "hdfsSite": {"dfs.client.use.datanode.hostname": "true"}},
     "networkPolicy": {"enabled": False},
     "driverServiceAccount": {"create": True, "name": "spark"},  # for spark-submit --master k8s://, no operator
+    "worker": {"replicas": 3, "cores": 4, "memory": "8g", "pdb": {"enabled": True, "minAvailable": "50%", "maxUnavailable": ""}},
     "train": {"enabled": True, "features": f"{HDFS}/sparkdl/features.parquet", "trainingMaster": "sharing",
               "extraArgs": ["--threshold", "adaptive"], "modelVolume": {"claimName": "models"}},
 }  # fmt: skip
@@ -45,7 +45,8 @@ FULL = {
     "sparkAuth": {"enabled": True, "secretName": "spark-rpc"},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"},
                                    "allowFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}},
-    "ingest": {"enabled": True, "images": f"{HDFS}/data/caltech", "output": f"{HDFS}/sparkdl/images.parquet"},
+    "ingest": {"enabled": True, "images": f"{HDFS}/data/caltech", "output": f"{HDFS}/sparkdl/images.parquet",
+               "nodeSelector": {"pool": "io"}},
     "featurize": {"enabled": True, "input": f"{HDFS}/sparkdl/images.parquet", "output": f"{HDFS}/sparkdl/features.parquet",
                   "backbone": "vgg16", "weights": f"{HDFS}/models/vgg16.pth"},
     "train": {"enabled": True, "features": f"{HDFS}/sparkdl/features.parquet", "output": f"{HDFS}/sparkdl/head",
@@ -70,7 +71,8 @@ FULL = {
 
 # the operator alone: no standalone cluster
 OPERATOR_ONLY = {"standalone": {"enabled": False}, "sparkAuth": {"enabled": True}, "driverServiceAccount": {"name": "spark"},
-                 "sparkOperator": {"enabled": True,
+                 "nodeSelector": NODE_SELECTOR,
+                 "sparkOperator": {"enabled": True, "nodeSelector": {"pool": "operator"},
                                    "predict": {"enabled": True, "model": f"{HDFS}/op/head", "table": f"{HDFS}/op/images.parquet",
                                                "output": f"{HDFS}/op/predictions.parquet"}}}  # fmt: skip
 
@@ -254,6 +256,8 @@ def test_custom_values_render_the_training_job(rendered):
     hadoop = _one(docs, "ConfigMap", "rel-sparkdl-hadoop")
     assert HDFS in hadoop["data"]["core-site.xml"] and "use.datanode.hostname" in hadoop["data"]["hdfs-site.xml"]
     assert _one(docs, "StatefulSet", "rel-sparkdl-worker")["spec"]["replicas"] == 3
+    pdb = _one(docs, "PodDisruptionBudget", "rel-sparkdl-worker")["spec"]
+    assert pdb["minAvailable"] == "50%" and "maxUnavailable" not in pdb
     # the Spark drivers' account without the operator: made on request, with its Role
     assert _one(docs, "ServiceAccount", "spark")["automountServiceAccountToken"] is True
     assert _one(docs, "RoleBinding", "spark")["subjects"][0]["name"] == "spark" and _one(docs, "Role", "spark")["rules"]
@@ -280,7 +284,8 @@ def test_scheduling_pull_secrets_and_service_accounts_reach_every_pod(rendered):
     assert sorted(n for n, _ in pods) == ["rel-sparkdl-featurize", "rel-sparkdl-ingest", "rel-sparkdl-master",
                                           "rel-sparkdl-serve", "rel-sparkdl-train", "rel-sparkdl-worker"]  # fmt: skip
     for name, pod in pods:
-        want = {"pool": "spark-workers"} if name == "rel-sparkdl-worker" else NODE_SELECTOR  # the worker's own wins
+        own = {"rel-sparkdl-worker": {"pool": "spark-workers"}, "rel-sparkdl-ingest": {"pool": "io"}}
+        want = own.get(name, NODE_SELECTOR)  # a component's own wins
         assert pod["nodeSelector"] == want and pod["tolerations"] == TOLERATIONS and pod["affinity"] == AFFINITY, name
         assert pod["imagePullSecrets"] == [{"name": "regcred"}], name
         assert pod["serviceAccountName"] == "sparkdl-sa" and pod["automountServiceAccountToken"] is False, name
@@ -331,6 +336,7 @@ def test_spark_applications(rendered):
     assert _parses("predict", app["arguments"])["table"] == f"{HDFS}/op/images.parquet"
     assert app["driver"]["serviceAccount"] == "spark" and not [d for d in only if d["kind"] in ("Role", "RoleBinding")]
     assert app["mainApplicationFile"] == f"local://{JOBS_DIR}/predict.py"
+    assert app["driver"]["nodeSelector"] == app["executor"]["nodeSelector"] == {"pool": "operator"}  # its own wins
 
 
 def test_spark_auth_reaches_master_workers_and_jobs(rendered):
