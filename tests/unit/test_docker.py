@@ -53,3 +53,14 @@ def test_image_installs_the_wheel_that_carries_the_jobs():
     assert "/tmp/sparkdl_torch-*.whl" in text and "python -m build --wheel" in text
     jobs = re.search(r"SPARKDL_JOBS=(\S+)", text).group(1)
     assert jobs == "/usr/local/lib/python3.11/site-packages/sparkdl/jobs"  # where pip puts sparkdl/jobs/ in the image
+
+
+def test_image_pins_the_spark_the_chart_declares():
+    """The image installs with constraints.txt (pyspark pinned), and the chart's SparkApplications declare that version."""
+    import yaml
+
+    text = DOCKERFILE.read_text()
+    assert "--constraint /tmp/constraints.txt" in text
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    values = yaml.safe_load((REPO / "helm" / "sparkdl" / "values.yaml").read_text())
+    assert values["sparkOperator"]["sparkVersion"] == pins["pyspark"]
