@@ -43,7 +43,7 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
         "?top_k=N), POST /v1/predict/batch a multipart/form-data of images (one result per part, a bad part is an "
         "error item); GET /v1/model, /healthz (alive), /readyz (model loaded), /metrics (Prometheus). Concurrent "
         "requests are batched into one forward pass. Bad input is a 4xx with {\"error\": {\"reason\", \"detail\"}}. "
-        "Needs the serve extra: pip install 'sparkdl[serve]'.",
+        "Needs the serve extra: pip install 'sparkdl-torch[serve]'.",
     )
     p.add_argument("--model", required=True,
                    help="model bundle written by `sparkdl train`: a local directory, or a Hadoop URI (copied to the "
@@ -105,7 +105,7 @@ def run_serve(args, say) -> dict:
     try:
         from sparkdl.infer.serve import ServeConfig, resolve_model, serve
     except ImportError as exc:
-        raise ConfigError(f"`sparkdl serve` needs the serve extra ({exc.name} is missing): pip install 'sparkdl[serve]'") from None
+        raise ConfigError(f"`sparkdl serve` needs the serve extra ({exc.name} is missing): pip install 'sparkdl-torch[serve]'") from None
     config = ServeConfig(
         model=args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         workers=args.workers, token_file=args.token_file, max_body_mb=args.max_body_mb, max_parts=args.max_parts,

@@ -47,7 +47,7 @@ _TRACE_BATCH, _CHECK_BATCH = 2, 3  # different sizes: a batch size baked into th
 if TYPE_CHECKING:
     import numpy as np
 
-_EXTRA_HINT = "pip install 'sparkdl[export]' (or onnx and onnxruntime)"
+_EXTRA_HINT = "pip install 'sparkdl-torch[export]' (or onnx and onnxruntime)"
 
 
 @dataclass(frozen=True)

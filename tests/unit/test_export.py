@@ -390,7 +390,7 @@ def test_features_only_bundle_is_refused(tmp_path):
 
 def test_missing_onnx_is_a_one_line_error_naming_the_extra(bundles, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
-    with pytest.raises(ConfigError, match=re.escape("pip install 'sparkdl[export]'")) as info:
+    with pytest.raises(ConfigError, match=re.escape("pip install 'sparkdl-torch[export]'")) as info:
         export_model(ExportConfig(str(bundles["tiny"]), str(tmp_path / "m.onnx"), "onnx"))
     assert "--format onnx needs the onnx package" in _one_line(info.value)
     assert not list(tmp_path.iterdir())
