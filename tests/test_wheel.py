@@ -1,11 +1,12 @@
-"""The wheel as a user installs it: built from the repo, installed with pip into a fresh virtual environment, then
-run from outside the repository — the demo end to end, `python -m sparkdl`, the spark-submit jobs it carries
-(`python -m sparkdl.jobs --path`), run by spark-submit. Plus what the declared ranges promise: the dependencies
-resolve on Python 3.10 (at their lower bounds) and 3.12 (newest), and the demo runs on pyspark 3.5.
+"""The wheel as a user installs it: built from the repo, installed with pip into a fresh virtual environment with
+the oldest pyspark the requirements allow (3.5), then run from outside the repository — the demo end to end,
+`python -m sparkdl`, the spark-submit jobs it carries (`python -m sparkdl.jobs --path`), run by spark-submit. Plus
+what the other declared ranges promise: the dependencies resolve on Python 3.10 (at their lower bounds) and 3.12.
 
-The fresh venv sees the test venv's installed dependencies through a .pth line (a folder of links that leaves out
-sparkdl's editable install), so pip resolves the wheel's requirements against them offline (--no-index: a missing or
-out-of-range dependency fails the install) without downloading torch again."""
+The fresh venv gets pyspark 3.5 from the package index and sees the test venv's other installed dependencies through
+a .pth line (a folder of links that leaves out sparkdl's editable install and pyspark 4), so pip resolves the wheel's
+requirements against them offline (--no-index: a missing or out-of-range dependency fails the install) without
+downloading torch again."""
 from __future__ import annotations
 
 import json
@@ -23,6 +24,8 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = Path(sysconfig.get_paths()["purelib"])
+OLDEST_PYSPARK = ["pyspark==3.5.*", "py4j==0.10.9.7"]  # the lower bound of `pyspark>=3.5` and its py4j
+LEFT_OUT = ("sparkdl", "__editable__", "_sparkdl", "__pycache__", "pyspark", "py4j")
 
 
 def _clean_env(**extra) -> dict:
@@ -46,8 +49,8 @@ def venv(wheel, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fresh")
     deps = root / "deps"
     deps.mkdir()
-    for entry in SITE.iterdir():  # every installed distribution but sparkdl itself
-        if not entry.name.lower().startswith(("sparkdl", "__editable__", "_sparkdl", "__pycache__")) and entry.suffix != ".pth":
+    for entry in SITE.iterdir():  # every installed distribution but sparkdl itself and pyspark 4
+        if not entry.name.lower().startswith(LEFT_OUT) and entry.suffix != ".pth":
             (deps / entry.name).symlink_to(entry)
     env_dir = root / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
@@ -56,8 +59,10 @@ def venv(wheel, tmp_path_factory) -> Path:
                                check=True, capture_output=True, text=True).stdout.strip())  # fmt: skip
     (site / "installed-deps.pth").write_text(f"{deps}\n")
     # this venv's pip drives the fresh one's Python (--python): the fresh venv gets no pip or setuptools of its own
-    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-index", "--quiet", f"{wheel}[report]"],
-                         capture_output=True, text=True, env=_clean_env())  # fmt: skip
+    pip = [sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet"]
+    res = subprocess.run([*pip, "--no-deps", *OLDEST_PYSPARK], capture_output=True, text=True, env=_clean_env(), timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = subprocess.run([*pip, "--no-index", f"{wheel}[report]"], capture_output=True, text=True, env=_clean_env())
     assert res.returncode == 0, res.stdout + res.stderr
     return env_dir
 
@@ -68,8 +73,11 @@ def _run(venv: Path, *args, cwd: Path, env=None, timeout=600) -> subprocess.Comp
 
 
 def test_the_installed_wheel_runs_the_demo_outside_the_repo(venv, tmp_path):
-    where = _run(venv, "python", "-c", "import sparkdl, sys; print(sparkdl.__file__); print(sys.prefix)", cwd=tmp_path)
-    assert where.stdout.split()[0].startswith(str(venv)), where.stdout  # the wheel's copy, not the repo's
+    where = _run(venv, "python", "-c", "import sparkdl, pyspark; print(sparkdl.__file__, pyspark.__file__, pyspark.__version__)",
+                 cwd=tmp_path)  # fmt: skip
+    mine, spark, version = where.stdout.split()
+    assert mine.startswith(str(venv)) and spark.startswith(str(venv)), where.stdout  # the wheel's copy, not the repo's
+    assert version.startswith("3.5."), version
     res = _run(venv, "sparkdl", "demo", "--workdir", str(tmp_path / "demo"), "--max-per-class", "3", "--epochs", "2",
                "--json", cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -113,10 +121,10 @@ def test_the_wheel_carries_the_jobs_for_spark_submit(venv, wheel, tmp_path):
 
     for i in range(4):
         (images / "ab"[i % 2] / f"{i}.jpg").write_bytes(jpeg_bytes(i))
-    submit = SITE / "pyspark" / "bin" / "spark-submit"
-    res = _run(venv, str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false", paths["ingest"],
-               "--images", str(images), "--output", str(tmp_path / "images.parquet"), "--json", "--quiet", cwd=tmp_path,
-               env=_clean_env(PYSPARK_PYTHON=str(venv / "bin" / "python"), SPARK_HOME=str(SITE / "pyspark")))  # fmt: skip
+    home = Path(paths["ingest"]).parents[2] / "pyspark"  # the venv's own pyspark (3.5)
+    res = _run(venv, str(home / "bin" / "spark-submit"), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+               paths["ingest"], "--images", str(images), "--output", str(tmp_path / "images.parquet"), "--json", "--quiet",
+               cwd=tmp_path, env=_clean_env(PYSPARK_PYTHON=str(venv / "bin" / "python"), SPARK_HOME=str(home)))  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout)["rows_out"] == 4, res.stdout + res.stderr[-3000:]
 
@@ -124,8 +132,8 @@ def test_the_wheel_carries_the_jobs_for_spark_submit(venv, wheel, tmp_path):
 def test_the_declared_ranges_resolve_on_python_3_10_and_3_12(wheel, tmp_path):
     """pip's resolver, for other Pythons (binary wheels only, metadata only): Python 3.10 with the lower bounds of
     torch, numpy, pandas and pyarrow; 3.12 with the newest releases. pyspark is left out here (it is published as a
-    source archive only, which pip cannot resolve for another Python; pure Python: py4j is its only dependency) and
-    tried for real on pyspark 3.5 below."""
+    source archive only, which pip cannot resolve for another Python; pure Python: py4j is its only dependency); the
+    wheel above runs on pyspark 3.5."""
     meta = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("METADATA")))
     wanted = ("report", "keras", "mlflow", "serve", "connect")  # webhdfs: hdfs needs docopt, a source archive only
     reqs = []
@@ -149,20 +157,3 @@ def test_the_declared_ranges_resolve_on_python_3_10_and_3_12(wheel, tmp_path):
         got = dict(zip(cases, pool.map(resolve, cases)))
     assert got["3.10"]["torch"].startswith("2.5.") and got["3.10"]["numpy"].startswith("1.26.")
     assert {"torch", "onnxruntime", "mlflow-skinny", "matplotlib", "uvicorn"} <= set(got["3.12"])
-
-
-def test_the_demo_runs_on_pyspark_3_5(tmp_path):
-    """The lower bound of `pyspark>=3.5`, for real: pyspark 3.5 ahead of the installed 4.x on the path."""
-    target = tmp_path / "pyspark35"
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                          "pyspark==3.5.*", "py4j==0.10.9.7"], capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    env = _clean_env(PYTHONPATH=str(target), SPARK_HOME=str(target / "pyspark"))
-    version = subprocess.run([sys.executable, "-c", "import pyspark; print(pyspark.__version__)"], env=env,
-                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    assert version.startswith("3.5."), version
-    demo = subprocess.run([sys.executable, "-m", "sparkdl", "demo", "--workdir", str(tmp_path / "demo"), "--max-per-class",
-                           "3", "--epochs", "2", "--json"], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert demo.returncode == 0, demo.stderr[-3000:]
-    summary = json.loads(demo.stdout)
-    assert summary["train"]["epochs_run"] == 2 and summary["predict"]["rows_out"] == len(summary["predictions"]) > 0
