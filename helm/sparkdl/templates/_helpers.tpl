@@ -230,3 +230,46 @@ spec:
 {{- fail "sparkAuth.enabled needs sparkAuth.secretName: an existing Secret with the shared secret of the standalone cluster under sparkAuth.secretKey (kubectl create secret generic NAME --from-literal=secret=\"$(openssl rand -hex 32)\")" }}
 {{- end }}
 {{- end -}}
+
+{{/* The options of `sparkdl <stage>` from a stage's values, the same for its Job and its SparkApplication, as a JSON
+     list (use with fromJsonArray); fails naming what is missing. Call with
+     (dict "stage" "train" "v" .Values.train "at" "train"), "at" being where the values live (e.g. sparkOperator.train). */}}
+{{- define "sparkdl.stageArgs" -}}
+{{- $v := .v -}}
+{{- $at := .at -}}
+{{- $args := list -}}
+{{- if eq .stage "ingest" -}}
+{{- if not (and $v.images $v.output) }}
+{{- fail (printf "%s.enabled needs %s.images (the image-folder tree URI) and %s.output (the images table URI)" $at $at $at) }}
+{{- end }}
+{{- $args = list "--images" $v.images "--output" $v.output -}}
+{{- else if eq .stage "featurize" -}}
+{{- if not (and $v.input $v.output) }}
+{{- fail (printf "%s.enabled needs %s.input (the images table URI) and %s.output (the features table URI)" $at $at $at) }}
+{{- end }}
+{{- $args = list "--input" $v.input "--output" $v.output "--backbone" $v.backbone -}}
+{{- if $v.weights }}
+{{- $args = concat $args (list "--weights" $v.weights) -}}
+{{- end }}
+{{- else if eq .stage "train" -}}
+{{- if not (and $v.features $v.output) }}
+{{- fail (printf "%s.enabled needs %s.features (the features table URI) and %s.output (where the model bundle goes)" $at $at $at) }}
+{{- end }}
+{{- $args = list "--features" $v.features "--output" $v.output "--master" $v.trainingMaster "--workers" (toString $v.workers) "--epochs" (toString $v.epochs) -}}
+{{- else if eq .stage "predict" -}}
+{{- if not (and $v.model $v.output) }}
+{{- fail (printf "%s.enabled needs %s.model (the model bundle URI) and %s.output (the predictions table URI)" $at $at $at) }}
+{{- end }}
+{{- if eq (empty $v.images) (empty $v.table) }}
+{{- fail (printf "%s.enabled needs exactly one of %s.images (a folder of images) and .table (an images table)" $at $at) }}
+{{- end }}
+{{- $args = list "--model" $v.model -}}
+{{- if $v.images }}
+{{- $args = concat $args (list "--images" $v.images) -}}
+{{- else }}
+{{- $args = concat $args (list "--table" $v.table) -}}
+{{- end }}
+{{- $args = concat $args (list "--output" $v.output) -}}
+{{- end -}}
+{{- toJson $args -}}
+{{- end -}}
