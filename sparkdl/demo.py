@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from sparkdl.config import FeaturizeConfig, IngestConfig, TrainConfig
-from sparkdl.extras import DISTRIBUTION, available
+from sparkdl.extras import available
 
 Progress = Callable[[str], None]
 DEMO_MARKER = ".sparkdl-demo"  # in the digits tree: a later demo run may delete only a tree it wrote itself
@@ -84,7 +84,7 @@ def run_demo(
 ) -> dict:
     from sparkdl.data.images import ingest_images
     from sparkdl.featurize.featurizer import featurize_images
-    from sparkdl.report import write_report
+    from sparkdl.report import NO_PLOTS_REASON, write_report
     from sparkdl.train.run import train_head
 
     say = progress or (lambda _msg: None)
@@ -120,7 +120,7 @@ def run_demo(
     report = write_report(trained.model_dir)
     say(f"demo: report written to {report}")
     if not available("matplotlib"):
-        say(f"demo: the report has no plots: matplotlib is not installed (pip install '{DISTRIBUTION}[report]')")
+        say(f"demo: the report has no plots: {NO_PLOTS_REASON}")
     predicted, predictions = _predict_holdout(spark, ingest.output_uri, trained.model_dir, work, say)
     return {
         "predict": {**asdict(predicted), "images_per_second": predicted.rows_per_second},

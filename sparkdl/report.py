@@ -105,8 +105,9 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path, ti
     _save(plt, fig, path)
 
 
-# the page's line where the figures would be when matplotlib is not installed
-NO_PLOTS = f"<p>No plots: matplotlib is not installed (pip install '{DISTRIBUTION}[report]').</p>"
+# why a report has no plots, in its page and in the lines of the commands that write one
+NO_PLOTS_REASON = f"matplotlib is not installed (pip install '{DISTRIBUTION}[report]')"
+NO_PLOTS = f"<p>No plots: {NO_PLOTS_REASON}.</p>"
 
 
 def write_report(model_dir: str | Path, out_dir: str | Path | None = None) -> Path:

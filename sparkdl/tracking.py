@@ -97,10 +97,7 @@ class MlflowRun:
             self.client = MlflowClient(tracking_uri=self.config.uri)
             exp = self.client.get_experiment_by_name(self.config.experiment)
             self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.config.experiment)
-            tags = {"sparkdl.stage": self.stage}
-            if self.config.run_name:
-                tags["mlflow.runName"] = self.config.run_name
-            run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.config.run_name)
+            run = self.client.create_run(self.experiment_id, tags={"sparkdl.stage": self.stage}, run_name=self.config.run_name)
             self.run_id = run.info.run_id
         except Exception as exc:  # MlflowException, connection errors, a store that refuses: one line, before any work
             raise ConfigError(f"MLflow tracking at {self.config.uri!r} failed: {_first_line(exc)}") from None

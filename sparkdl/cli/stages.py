@@ -9,7 +9,7 @@ from sparkdl.cli.options import (
 )  # fmt: skip
 from sparkdl.config import DEVICES, PRECISIONS, RUNTIMES, FeaturizeConfig, IngestConfig
 from sparkdl.errors import ConfigError
-from sparkdl.extras import DISTRIBUTION, available
+from sparkdl.extras import available
 
 
 def register(sub, common: argparse.ArgumentParser) -> dict:
@@ -256,13 +256,13 @@ def run_evaluate(args, say) -> dict:
 
 def run_report(args, say) -> dict:
     from sparkdl.data import hadoopfs
-    from sparkdl.report import write_report
+    from sparkdl.report import NO_PLOTS_REASON, write_report
 
     if not hadoopfs.is_local(args.model):
         raise ConfigError(f"report reads a model on the local disk: copy it first, e.g. `sparkdl fs get {args.model} model`")
     page = write_report(args.model, args.out)
     if not available("matplotlib"):
-        say(f"report: HTML only, no plots: matplotlib is not installed (pip install '{DISTRIBUTION}[report]')")
+        say(f"report: HTML only, no plots: {NO_PLOTS_REASON}")
     payload = {"report": str(page), "files": sorted(p.name for p in page.parent.iterdir())}
     print_summary("report", [("html", str(page)), ("files", ", ".join(payload["files"]))], payload, args.json)
     return payload

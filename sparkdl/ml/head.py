@@ -147,7 +147,6 @@ class HeadClassifier(Estimator, _HeadColumns, HasLabelCol, HasTrainingParams, De
         return self._copyValues(HeadClassifierModel(bundle))
 
 
-
 def _log_fit(run, bundle: ModelBundle, result, skipped: int) -> None:
     """The fit's final numbers and the model bundle, into its MLflow run."""
     import tempfile
