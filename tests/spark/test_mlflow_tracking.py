@@ -103,13 +103,18 @@ def test_featurize_and_predict_log_counts_and_speed(spark, ingested, tmp_path, s
     assert pred.metrics["rows_out"] == 18 and pred.metrics["images_per_second"] > 0
 
 
-def test_head_classifier_logs_the_fit_when_asked(spark, tmp_path, store):
+def test_head_classifier_logs_the_fit_when_asked(spark, tmp_path, store, monkeypatch):
     from sparkdl.ml import HeadClassifier
 
     feats = make_features_table(spark, str(tmp_path / "f.parquet"), n=0, dim=4, n_classes=2, seed=5,
                                 split_counts={"train": 48, "valid": 16})["uri"]  # fmt: skip
     df = spark.read.parquet(feats)
-    HeadClassifier(workers=2, epochs=2, batchSizePerWorker=8, mlflowTrackingUri=store, mlflowExperiment="ml").fit(df)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # a notebook's own run, opened with MLflow's fluent API
+    with mlflow.start_run(run_name="notebook") as mine:
+        HeadClassifier(workers=2, epochs=2, batchSizePerWorker=8, mlflowTrackingUri=store, mlflowExperiment="ml").fit(df)
+        assert mlflow.active_run().info.run_id == mine.info.run_id  # still the notebook's, untouched
+    notebook = mlflow.tracking.MlflowClient(tracking_uri=store).get_run(mine.info.run_id).data
+    assert notebook.params == {} and notebook.metrics == {}
     client, run = _only_run(store, "ml")
     assert run.info.status == "FINISHED" and run.data.tags["sparkdl.stage"] == "HeadClassifier.fit"
     assert run.data.params["epochs"] == "2" and run.data.params["master"] == "averaging"
@@ -133,3 +138,14 @@ def test_a_store_that_cannot_be_used_fails_before_any_work(spark, tmp_path, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sparkdl train: error: MLflow tracking at 'bogus-scheme://nowhere' failed: ")
     assert not model.exists()
+
+
+def test_a_failed_stage_closes_its_run_failed(spark, tmp_path, store, capsys):
+    model = tmp_path / "model"
+    args = ["train", "--features", str(tmp_path / "absent.parquet"), "--output", str(model), "--quiet", "--mlflow-uri", store]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("sparkdl train: error: ") and "does not exist" in err
+    _, run = _only_run(store, "sparkdl")
+    assert run.info.status == "FAILED" and "does not exist" in run.data.tags["sparkdl.error"]
+    assert run.data.params["features"] == str(tmp_path / "absent.parquet")
