@@ -104,7 +104,7 @@ submit() {  # stage, args...: one spark-submit per stage, summary JSON kept in t
 submit ingest --images "$DATA" --output "$OUT/images.parquet" --overwrite
 submit featurize --input "$OUT/images.parquet" --output "$OUT/features.parquet" --backbone "$BACKBONE" \
   ${WEIGHTS:+--weights "$WEIGHTS"} $RANDOM_INIT --overwrite
-submit train --features "$OUT/features.parquet" --output "$WORKDIR/model" --overwrite --master averaging \
+submit train --features "$OUT/features.parquet" --output "$WORKDIR/model" --overwrite --training-master averaging \
   --workers "$WORKERS" --epochs "$EPOCHS" --head softmax --optimizer nesterov --momentum 0.8 --lr 0.01 \
   --batch-size-per-worker 32 --averaging-frequency 5
 submit evaluate --model "$WORKDIR/model" --features "$OUT/features.parquet" --split test

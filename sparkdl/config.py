@@ -50,32 +50,41 @@ def to_json(obj) -> object:
     return obj
 
 
+# the driver heap sparkdl gives a local master it launches itself, when the user set none
+LOCAL_DRIVER_MEMORY = "2g"
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """How to build (or join) the SparkSession.
 
-    ``master=None`` keeps the master chosen by ``spark-submit``; outside spark-submit it means ``local[*]``.
-    For local masters every listener binds to 127.0.0.1 and Python workers use this interpreter.
+    Join, never override: when this process already runs Spark (``spark-submit``, a notebook, a SparkContext of the
+    caller's) sparkdl joins it and sets only what the application left unset; ``master`` and ``driver_memory`` apply
+    only when sparkdl launches Spark itself. There, ``master=None`` means the user's own setting
+    (``spark-defaults.conf``, ``PYSPARK_SUBMIT_ARGS``), else ``local[*]``; ``driver_memory=None`` means theirs, else
+    ``LOCAL_DRIVER_MEMORY`` for local masters; ``log_level=None`` means ``WARN`` when sparkdl launched Spark and the
+    application's own log4j setting when it joined. For local masters every listener binds to 127.0.0.1 and Python
+    workers use this interpreter.
     """
 
     master: str | None = None
     app_name: str = "sparkdl"
-    driver_memory: str = "2g"
+    driver_memory: str | None = None
     ui_enabled: bool = True
     arrow_max_records_per_batch: int = 256
-    log_level: str = "WARN"
+    log_level: str | None = None
     extra_conf: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.master is None or self.master.strip() != "", "master must be a Spark master URL or None")
         _require(bool(self.app_name), "app_name must not be empty")
         _require(
-            bool(_MEMORY_RE.match(self.driver_memory)),
+            self.driver_memory is None or bool(_MEMORY_RE.match(self.driver_memory)),
             f"driver_memory must look like '2g' or '512m', got {self.driver_memory!r}",
         )
         _require(self.arrow_max_records_per_batch > 0, "arrow_max_records_per_batch must be > 0")
         levels = {"ALL", "DEBUG", "ERROR", "FATAL", "INFO", "OFF", "TRACE", "WARN"}
-        _require(self.log_level.upper() in levels, f"log_level must be one of {sorted(levels)}, got {self.log_level!r}")
+        _require(self.log_level is None or self.log_level.upper() in levels, f"log_level must be one of {sorted(levels)}, got {self.log_level!r}")
         for pair in self.extra_conf:
             _require(
                 isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair),
@@ -339,7 +348,7 @@ class ThresholdConfig:
 
 @dataclass(frozen=True)
 class SharingConfig:
-    """The gradient-sharing algorithm's knobs (``--master sharing``; Strom 2015 / DL4J SharedTrainingMaster)."""
+    """The gradient-sharing algorithm's knobs (``--training-master sharing``; Strom 2015 / DL4J SharedTrainingMaster)."""
 
     name: ClassVar[str] = "sharing"
     threshold: ThresholdConfig = ThresholdConfig()

@@ -127,7 +127,7 @@ def test_train_with_the_sharing_master(spark, tmp_path):
     feats = make_features_table(spark, str(tmp_path / "features.parquet"), n=0, dim=6, n_classes=3, seed=4,
                                 split_counts={"train": 64, "valid": 16, "test": 16})["uri"]  # fmt: skip
     model = tmp_path / "model"
-    tr = run("train", "--features", feats, "--output", str(model), "--master", "sharing", "--workers", "2",
+    tr = run("train", "--features", feats, "--output", str(model), "--training-master", "sharing", "--workers", "2",
              "--epochs", "2", "--batch-size-per-worker", "8", "--threshold", "target-sparsity:0.1",
              "--residual-clip", "5:5", "--staleness", "0", "--tree-fanout", "2", "--json")  # fmt: skip
     assert tr.returncode == 0, tr.stderr

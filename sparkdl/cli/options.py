@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import re
+import sys
 import time
 
-from sparkdl.config import EXECUTIONS, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, SessionConfig, TrainConfig, training_defaults
+from sparkdl.config import EXECUTIONS, LOCAL_DRIVER_MEMORY, MASTERS, OPTIMIZERS, SPARK_TRANSPORTS, SessionConfig, TrainConfig, training_defaults
 from sparkdl.errors import ConfigError
 from sparkdl.progress import DEFAULT_INTERVAL_S, Reporter, spark_ui_url
 
@@ -94,9 +95,12 @@ def common_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--spark-master",
         default=None,
-        help="Spark master URL (default: the one given to spark-submit, else local[*])",
+        help="Spark master URL when sparkdl launches Spark itself (default: spark-defaults.conf's or "
+        "PYSPARK_SUBMIT_ARGS', else local[*]); under spark-submit the master is spark-submit's own --master",
     )
-    common.add_argument("--driver-memory", default="2g", help="driver JVM heap for local masters (default 2g)")
+    common.add_argument("--driver-memory", default=None,
+                        help="driver JVM heap when sparkdl launches Spark itself (default: spark-defaults.conf's, else "
+                        f"{LOCAL_DRIVER_MEMORY} for local masters; under spark-submit pass its own --driver-memory)")
     common.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     common.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     common.add_argument("--progress-every", type=positive_seconds, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
@@ -143,19 +147,62 @@ def cli_params(args) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_PARAMS}
 
 
+DEPRECATED_MASTER_WARNING = "--master is deprecated, use --training-master (it will be removed in 0.3)"
+
+
+def _command_name(prog: str) -> str:
+    """The command a sub-parser's prog names: ``sparkdl train`` -> ``train``; a job's (``sparkdl.cli._build(job=True)``)
+    ``spark-submit sparkdl/jobs/train.py`` -> ``train``."""
+    return os.path.splitext(os.path.basename(prog.split()[-1]))[0]
+
+
+class _TrainingMasterAction(argparse.Action):
+    """``--training-master`` and its deprecated alias ``--master`` (until 0.3; renamed because spark-submit's own
+    ``--master`` sits on the same command line). Both store ``training_master``. The alias warns once a parse on
+    stderr, named like the commands' errors (``sparkdl <command>: warning: ...``, jobs too); the two given with
+    different values are a usage error: one line (after the alias's warning), exit code 2."""
+
+    def __init__(self, option_strings, dest, given: dict, command: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.given, self.command = given, command
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if self.given.get("namespace") is not namespace:  # a new parse (argparse gives each parse its own namespace)
+            self.given.clear()
+            self.given["namespace"] = namespace
+        flag, other = ("--master", "--training-master") if "--master" in self.option_strings else ("--training-master", "--master")
+        if flag == "--master" and flag not in self.given:
+            print(f"sparkdl {self.command}: warning: {DEPRECATED_MASTER_WARNING}", file=sys.stderr)
+        self.given[flag] = values
+        if self.given.get(other, values) != values:
+            parser.exit(2, f"sparkdl {self.command}: error: --training-master {self.given['--training-master']} and "
+                        f"--master {self.given['--master']} disagree (--master is the deprecated name of "
+                        "--training-master): give only --training-master\n")  # fmt: skip
+        setattr(namespace, self.dest, values)
+
+
 def add_train_args(p: argparse.ArgumentParser, epochs: int | None = None) -> None:
     """The training options (one per ``HasTrainingParams`` Param of ``sparkdl.ml.train_params``, same defaults: both take
     them from ``config.training_defaults()``, i.e. the config dataclasses). ``epochs`` overrides that default for
     commands that want another one."""
     d = training_defaults()
     epochs = d["epochs"] if epochs is None else epochs
+    given: dict = {}  # shared by --training-master and its deprecated alias --master (see _TrainingMasterAction)
+    command = _command_name(p.prog)  # for the deprecated --master's warning
+    # the alias first: the same dest, hidden from --help (the new flag's help names it)
+    p.add_argument("--master", dest="training_master", default=argparse.SUPPRESS, choices=list(MASTERS),
+                   action=_TrainingMasterAction, given=given, command=command, help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument(
-        "--master",
+        "--training-master",
         dest="training_master",
         default=d["master"],
         choices=list(MASTERS),
+        action=_TrainingMasterAction,
+        given=given,
+        command=command,
         help="averaging: parameter averaging (DL4J ParameterAveragingTrainingMaster); sharing: threshold-quantized "
-        f"gradient sharing over a tree of workers (Strom 2015, DL4J SharedTrainingMaster) (default {d['master']})",
+        f"gradient sharing over a tree of workers (Strom 2015, DL4J SharedTrainingMaster) (default {d['master']}; "
+        "formerly --master: deprecated, removed in 0.3)",
     )
     p.add_argument("--workers", type=positive_int, default=d["workers"], help=f"data-parallel workers (default {d['workers']})")
     p.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default {epochs})")

@@ -22,7 +22,7 @@ def register(sub, common: argparse.ArgumentParser) -> dict:
         help="end-to-end run on the embedded default (scikit-learn's digits, EfficientNet-Lite0), no download",
         description="Write scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes) as an "
         "image-folder tree, ingest and featurize them with the embedded pretrained EfficientNet-Lite0, train a "
-        "softmax head with the parameter-averaging master (or --master sharing), evaluate on the test split and write the report, all "
+        "softmax head with the parameter-averaging master (or --training-master sharing), evaluate on the test split and write the report, all "
         "on local Spark.",
     )
     demo.add_argument("--workdir", default="sparkdl-work/demo", help="where the demo writes (default sparkdl-work/demo)")

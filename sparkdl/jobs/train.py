@@ -1,4 +1,4 @@
-"""spark-submit entry point: features table -> model bundle (--master averaging | sharing).
+"""spark-submit entry point: features table -> model bundle (--training-master averaging | sharing).
 
     spark-submit --master spark://HOST:7077 "$(python -m sparkdl.jobs --path train)" --help
     python -m sparkdl.jobs.train --help

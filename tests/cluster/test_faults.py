@@ -90,7 +90,7 @@ ARGS = ["--workers", "2", *FIT_ARGS]
 def _train(features: str, out: str, master: str, spark_master: str, kills: dict[int, str], log) -> dict:
     """``sparkdl train`` in its own process; ``kills``: after the checkpoint of epoch N, kill ``python`` (rank 0's
     executor's Python worker) or ``jvm`` (that executor). Returns metrics.json."""
-    cmd = [sys.executable, "-m", "sparkdl.cli", "train", "--features", features, "--output", out, "--master", master,
+    cmd = [sys.executable, "-m", "sparkdl.cli", "train", "--features", features, "--output", out, "--training-master", master,
            "--spark-master", spark_master, "--max-attempts", "3", *ARGS]  # fmt: skip
     killed: list[str] = []
 
@@ -121,7 +121,7 @@ def test_a_fit_survives_a_killed_python_worker_and_a_killed_executor(spark, feat
 
     # the clean run: the same options, in this process on local[2]
     args = build_parser().parse_args(["train", "--features", features, "--output", str(tmp_path / "clean"),
-                                      "--master", master, *ARGS])  # fmt: skip
+                                      "--training-master", master, *ARGS])  # fmt: skip
     cfg: TrainConfig = train_config(args)
     clean = train_head(spark, features, tmp_path / "clean", cfg)
     with open(tmp_path / "train.log", "w") as log:

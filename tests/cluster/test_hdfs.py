@@ -64,7 +64,7 @@ def test_every_stage_reads_and_writes_hdfs(cluster, hdfs, tmp_path):
     assert feat.returncode == 0, feat.stdout[-3000:] + feat.stderr[-3000:]
     backbone = json.loads(feat.stdout)["backbone"]
     assert backbone["weights"] == f"{base}/weights/tiny.pth" and backbone["weights_sha256"] == file_digest(weights)
-    tr = submit(cluster, "train", "--features", f"{base}/features.parquet", "--output", f"{base}/model", "--master", "averaging",
+    tr = submit(cluster, "train", "--features", f"{base}/features.parquet", "--output", f"{base}/model", "--training-master", "averaging",
                 "--workers", "2", "--epochs", "2", "--batch-size-per-worker", "4", "--json", "--quiet")  # fmt: skip
     assert tr.returncode == 0, tr.stdout[-3000:] + tr.stderr[-3000:]
     assert json.loads(tr.stdout)["model_dir"] == f"{base}/model"

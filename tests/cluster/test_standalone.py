@@ -21,7 +21,7 @@ def test_the_jobs_run_on_a_standalone_cluster(cluster, tmp_path):
     assert feat.returncode == 0, feat.stderr[-3000:]
     for master in ("averaging", "sharing"):
         tr = submit(cluster, "train", "--features", f"file://{out}/features.parquet", "--output", str(out / f"model-{master}"),
-                    "--master", master, "--workers", "2", "--epochs", "2", "--batch-size-per-worker", "4",
+                    "--training-master", master, "--workers", "2", "--epochs", "2", "--batch-size-per-worker", "4",
                     "--threshold", "target-sparsity:0.1", "--json", "--quiet")  # fmt: skip
         assert tr.returncode == 0, tr.stderr[-3000:]
         assert json.loads(tr.stdout)["epochs_run"] == 2

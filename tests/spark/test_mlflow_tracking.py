@@ -45,7 +45,7 @@ def test_train_logs_params_epochs_as_they_happen_final_metrics_and_the_bundle(sp
     feats = make_features_table(spark, str(tmp_path / "features.parquet"), n=0, dim=6, n_classes=3, seed=3,
                                 split_counts={"train": 96, "valid": 24, "test": 24})["uri"]  # fmt: skip
     model = tmp_path / "model"
-    rc = main(["train", "--features", feats, "--output", str(model), "--master", "sharing", "--workers", "2",
+    rc = main(["train", "--features", feats, "--output", str(model), "--training-master", "sharing", "--workers", "2",
                "--epochs", "3", "--batch-size-per-worker", "8", "--lr", "0.1", "--json", "--quiet",
                "--mlflow-uri", store, "--mlflow-experiment", "digits", "--mlflow-run-name", "sharing-3"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err

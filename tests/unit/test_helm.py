@@ -250,7 +250,7 @@ def test_custom_values_render_the_training_job(rendered):
     job = _one(docs, "Job", "rel-sparkdl-train")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     script = args.index(f"{JOBS_DIR}/train.py")  # image.jobsDir's default: the package's jobs in the image
-    assert args[args.index("--master", script) + 1] == "sharing" and "--threshold" in args
+    assert args[args.index("--training-master", script) + 1] == "sharing" and "--threshold" in args
     assert _parses("train", args[script + 1:])["training_master"] == "sharing"
     assert job["spec"]["template"]["spec"]["volumes"][-1]["persistentVolumeClaim"]["claimName"] == "models"
     hadoop = _one(docs, "ConfigMap", "rel-sparkdl-hadoop")

@@ -255,7 +255,7 @@ spec:
 {{- if not (and $v.features $v.output) }}
 {{- fail (printf "%s.enabled needs %s.features (the features table URI) and %s.output (where the model bundle goes)" $at $at $at) }}
 {{- end }}
-{{- $args = list "--features" $v.features "--output" $v.output "--master" $v.trainingMaster "--workers" (toString $v.workers) "--epochs" (toString $v.epochs) -}}
+{{- $args = list "--features" $v.features "--output" $v.output "--training-master" $v.trainingMaster "--workers" (toString $v.workers) "--epochs" (toString $v.epochs) -}}
 {{- else if eq .stage "predict" -}}
 {{- if not (and $v.model $v.output) }}
 {{- fail (printf "%s.enabled needs %s.model (the model bundle URI) and %s.output (the predictions table URI)" $at $at $at) }}
