@@ -132,10 +132,7 @@ def _launch(config: SessionConfig):
     wanted = _defaults(config)
     if is_local_master(master):
         # Everything this process starts listens on loopback; the launcher reads SPARK_LOCAL_IP at JVM start.
-        # PySpark takes the executors' Python from PYSPARK_PYTHON (not from the conf) when not under spark-submit:
-        # without it a virtualenv's packages (torch, Pillow) are missing in the workers.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         log_conf = Path(__file__).parent / "conf" / "log4j2.properties"
         wanted.update(
             {
@@ -147,6 +144,14 @@ def _launch(config: SessionConfig):
                 "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={log_conf.as_uri()}",
             }
         )
+    # PySpark starts Python workers with PYSPARK_PYTHON (read when the SparkContext starts), not the conf: as
+    # spark-submit does, a spark.pyspark.python the user gave becomes that variable; for local masters an unset one
+    # is this interpreter (else a virtualenv's packages are missing in the workers).
+    executor_python = dict(config.extra_conf).get("spark.pyspark.python") or user.get("spark.pyspark.python")
+    if executor_python:
+        os.environ["PYSPARK_PYTHON"] = executor_python
+    elif is_local_master(master):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if config.driver_memory is not None:
         conf.set("spark.driver.memory", config.driver_memory)
     for key, value in wanted.items():
@@ -218,12 +223,17 @@ def is_connect(obj) -> bool:
 def job_description(spark, stage: str, text: str) -> Iterator[None]:
     """Every Spark job this thread starts inside the block shows ``sparkdl <stage>: <text>`` in the Spark UI and
     belongs to the job group ``sparkdl-<stage>`` (``statusTracker().getJobIdsForGroup``); the thread's previous
-    group and description come back afterwards. A Spark Connect session has no SparkContext: nothing is set."""
+    group and description come back afterwards. Every stage's Spark work starts here, so this is also where the
+    executor preflight runs (``sparkdl.preflight``: once per application, a ``ConfigError`` naming the executor and
+    the fix when they cannot run sparkdl). A Spark Connect session has no SparkContext: nothing is set or checked."""
+    from sparkdl.preflight import check_executors
+
     try:
         sc = spark.sparkContext
     except Exception:  # Spark Connect: jobs are described by the server
         yield
         return
+    check_executors(spark)
     keys = ("spark.jobGroup.id", "spark.job.description")
     before = {k: sc.getLocalProperty(k) for k in keys}
     sc.setLocalProperty("spark.jobGroup.id", JOB_GROUP_PREFIX + stage)
