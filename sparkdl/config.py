@@ -239,12 +239,15 @@ class TransportConfig:
     max_message_bytes: int = 256 * 1024 * 1024
     connect_timeout_s: float = 60.0
     receive_timeout_s: float = 600.0  # a worker waiting longer than this for a peer's message fails the launch
+    # liveness of every link, whatever the message cadence: a link silent this long is pinged, and one whose ping is
+    # not answered within as long again is broken (a partitioned or frozen peer: a failed attempt in <= 2x this)
+    keepalive_s: float = 10.0
 
     def __post_init__(self) -> None:
         _require(self.name in TRANSPORTS, f"transport must be one of {TRANSPORTS}, got {self.name!r}")
         _require(isinstance(self.max_message_bytes, int) and self.max_message_bytes >= 1024,
                  f"max_message_bytes must be an integer >= 1024, got {self.max_message_bytes!r}")  # fmt: skip
-        for name in ("connect_timeout_s", "receive_timeout_s"):
+        for name in ("connect_timeout_s", "receive_timeout_s", "keepalive_s"):
             value = getattr(self, name)
             _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
                      f"{name} must be a positive number of seconds, got {value!r}")  # fmt: skip

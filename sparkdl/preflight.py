@@ -3,8 +3,8 @@ sparkdl — they import it at the driver's version, in a Python of the driver's 
 SparkSession whose executors lack sparkdl (or run another sparkdl / Python) fails with one line naming the executor
 host and the fix, not with a pickled ``ModuleNotFoundError`` deep inside a task.
 
-The probe is one tiny task per task slot (``defaultParallelism``: every executor gets one when all slots are free, the
-usual case at a stage's start). It is pickled *by value* (compiled from source below, in a module of its own that no
+The probe is one tiny task per registered executor (free slots are dealt round-robin over executors, so each gets
+one at a stage's start); it imports sparkdl and looks torch up without importing it (seconds a task). It is pickled *by value* (compiled from source below, in a module of its own that no
 executor imports), so it runs even where sparkdl is missing and reports that. Its result is cached per application id:
 one job per application, whatever the number of stages. Executors that join later (dynamic allocation, a replaced
 executor) are not probed again. Spark Connect sessions are not probed (no SparkContext on the client)."""
@@ -39,8 +39,11 @@ def probe(_rows):
     try:
         import sparkdl
         report["sparkdl"] = getattr(sparkdl, "__version__", "unknown")
-        import torch
-        report["torch"] = torch.__version__
+        # torch: found and its version read, not imported (an import costs seconds a task; the stage imports it)
+        import importlib.metadata, importlib.util
+        if importlib.util.find_spec("torch") is None:
+            raise ModuleNotFoundError("No module named 'torch'")
+        report["torch"] = importlib.metadata.version("torch")
     except Exception as e:
         report["error"] = "%s: %s" % (type(e).__name__, e)
     yield json.dumps(report)
@@ -76,6 +79,16 @@ def _probe_function(driver_host: str):
     return namespace["probe"]
 
 
+def _executor_count(sc) -> int:
+    """The executors registered now (the driver left out; local mode: 1), the probe's task count: the scheduler
+    deals free slots round-robin over executors, so each gets one task."""
+    try:
+        infos = sc._jsc.sc().statusTracker().getExecutorInfos()
+        return max(1, len(infos) - 1)
+    except Exception:  # noqa: BLE001 - no JVM status tracker: one task per slot
+        return max(1, sc.defaultParallelism)
+
+
 def check_executors(spark, *, force: bool = False) -> PreflightResult | None:
     """Probe the executors of ``spark``'s application once (cached by application id) and raise ``ConfigError`` with
     one line if any cannot run this sparkdl. Returns the result, or None for Spark Connect."""
@@ -92,13 +105,13 @@ def check_executors(spark, *, force: bool = False) -> PreflightResult | None:
         if not force and app_id in _checked:
             return _checked[app_id]
         started = time.monotonic()
-        slots = max(1, sc.defaultParallelism)
+        tasks = _executor_count(sc)
         driver_host = sc.getConf().get("spark.driver.host", "127.0.0.1")
         before = {k: sc.getLocalProperty(k) for k in ("spark.jobGroup.id", "spark.job.description")}
         sc.setLocalProperty("spark.jobGroup.id", "sparkdl-preflight")
         sc.setLocalProperty("spark.job.description", "sparkdl preflight: can the executors run sparkdl?")
         try:
-            raw = sc.parallelize(range(slots), slots).mapPartitions(_probe_function(driver_host)).collect()
+            raw = sc.parallelize(range(tasks), tasks).mapPartitions(_probe_function(driver_host)).collect()
         except Exception as e:  # the task could not even start: most often another Python in the workers
             raise ConfigError(explain_failure(str(e), __version__)) from None
         finally:

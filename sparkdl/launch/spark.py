@@ -128,6 +128,8 @@ def _barrier_task(rows, fn_blob: bytes, config: TransportConfig, sink: tuple[str
             token = secrets.token_hex(16) if rank == 0 else ""
             peers = [json.loads(m) for m in ctx.allGather(json.dumps({"address": address, "secret": token}))]
             transport.connect([p["address"] for p in peers], peers[0]["secret"])
+            if rank == 0:  # where this attempt runs, for the driver's record (train: metrics.json "placements")
+                reporter({"type": "placement", "addresses": [p["address"] for p in peers]})
         except BaseException as e:  # noqa: BLE001 - surfaces through the transport and after fn
             gather_errors.append(e)
             transport.abort(f"rank {rank}: exchanging addresses failed: {type(e).__name__}: {e}")
@@ -244,3 +246,48 @@ def _python_cause(error: Exception) -> str:
             if not line.startswith(("at ", "org.apache", "py4j")):
                 return line.lstrip(": ")
     return lines[0] if lines else type(error).__name__
+
+
+_ADDRESS = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})\b")
+
+
+def drop_unreachable_hosts(sc, cause: str, timeout_s: float = 3.0) -> list[str]:
+    """After a failed attempt whose ``cause`` names peers by address (a broken link, an unanswered ping): the hosts
+    among them that the driver cannot reach either — no executor port there answers a TCP connect within
+    ``timeout_s`` — are partitioned away or dead; their executors are removed from the application now
+    (``killExecutorsOnHost``), so the re-launch does not wait for Spark's heartbeat timeout
+    (``spark.network.timeout``, 120 s by default) with a barrier stage that cannot get its slots. Returns the hosts
+    dropped; a host the driver still reaches is left alone (a dead task on a live host is Spark's to retry)."""
+    import socket
+
+    named = {host for host, _port in _ADDRESS.findall(cause or "")}
+    if not named:
+        return []
+    try:
+        jsc = sc._jsc.sc()
+        infos = jsc.statusTracker().getExecutorInfos()
+        ports: dict[str, list[int]] = {}
+        for info in infos:
+            ports.setdefault(info.host(), []).append(int(info.port()))
+    except Exception:  # noqa: BLE001 - no JVM status tracker (Connect): nothing to drop
+        return []
+    driver = sc.getConf().get("spark.driver.host", "")
+    dropped = []
+    for host in sorted(named):
+        if host == driver or host not in ports:
+            continue
+        reachable = False
+        for port in ports[host]:
+            try:
+                with socket.create_connection((host, port), timeout=timeout_s):
+                    reachable = True
+                    break
+            except OSError:
+                continue
+        if not reachable:
+            try:
+                jsc.schedulerBackend().killExecutorsOnHost(host)
+            except Exception:  # noqa: BLE001 - a backend that cannot kill: Spark's heartbeat timeout will
+                continue
+            dropped.append(host)
+    return dropped

@@ -26,7 +26,8 @@ from sparkdl.model import HeadSpec
 from sparkdl.progress import stage_progress
 from sparkdl.session import job_description
 from sparkdl.train.checkpoint import Checkpoint, CheckpointStore, Resume, checkpoint_epoch
-from sparkdl.train.events import CheckpointEvent, EpochEvent, FailureEvent, RoundEvent, TrainingListener, from_json, notify
+from sparkdl.train.events import (CheckpointEvent, EpochEvent, FailureEvent, PlacementEvent, RoundEvent, TrainingListener,
+                                   from_json, notify)
 from sparkdl.train.layout import build_shards, epoch_order, partition_starts, plan_partition
 from sparkdl.train.local import get_params, set_params
 from sparkdl.train.loop import LoopPlan, LoopResult, run_worker
@@ -156,6 +157,7 @@ class _Fit:
         self.spark = features.sparkSession
         self.shards = None
         self.failures: list[dict] = []
+        self.placements: list[dict] = []  # per attempt of a barrier launch: the ranks' transport addresses
         self.checkpoints: list[dict] = []
         self.checkpoint_errors: list[str] = []
         self.resumed_from: int | None = None
@@ -173,6 +175,9 @@ class _Fit:
 
         def on_round(self, event: RoundEvent) -> None:
             self.fit.last_round = event
+
+        def on_placement(self, event: PlacementEvent) -> None:
+            self.fit.placements.append({"attempt": self.fit.attempts, "addresses": list(event.addresses)})
 
     # ------------------------------------------------------------------------------------------------ layout
     def lay_out(self, workers: int) -> None:
@@ -259,6 +264,7 @@ class _Fit:
             raise WorkerFailedError(f"training failed {self.attempts} time(s), --max-attempts {run.max_attempts}: "
                                     f"{detail}", error.rank, epoch, step, error.cause) from error  # fmt: skip
         if run.execution == "barrier":
+            failure["hosts_dropped"] = self._drop_unreachable(error.cause)
             self._wait_for_slots()
         resume = self.latest()
         self._fail(failure, resume.epoch if resume is not None else 0)
@@ -268,6 +274,15 @@ class _Fit:
         self.failures.append({**failure, "resume_epoch": resume_epoch, "workers_after": self.workers})
         notify(self.listeners, FailureEvent(attempt=failure["attempt"], cause=failure["cause"], rank=failure["rank"],
                                             epoch=failure["epoch"], resume_epoch=resume_epoch))  # fmt: skip
+
+    def _drop_unreachable(self, cause: str | None) -> list[str]:
+        """Hosts the failure names that the driver cannot reach either lose their executors now (a partition:
+        ``launch.spark.drop_unreachable_hosts``); a local launcher has none."""
+        from sparkdl.launch.spark import SparkBarrierLauncher, drop_unreachable_hosts
+
+        if not isinstance(self.launcher, SparkBarrierLauncher):
+            return []
+        return drop_unreachable_hosts(self.spark.sparkContext, cause or "")
 
     def _wait_for_slots(self) -> None:
         """Before a re-launch: wait (``slot_wait_s``) for the task slots a lost executor took; an elastic fit goes
@@ -344,7 +359,8 @@ class _Fit:
 
     def record(self) -> dict:
         """What metrics.json and the summary say about attempts, failures and checkpoints."""
-        return {"attempts": self.attempts, "failures": self.failures, "resumed_from_epoch": self.resumed_from,
+        return {"attempts": self.attempts, "failures": self.failures, "placements": self.placements,
+                "resumed_from_epoch": self.resumed_from,
                 "workers_final": self.workers, "checkpoints_written": len(self.checkpoints),
                 "checkpoint_seconds": round(sum(c["seconds"] for c in self.checkpoints), 4),
                 "checkpoint_bytes": self.checkpoints[-1]["bytes"] if self.checkpoints else 0,

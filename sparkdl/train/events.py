@@ -77,8 +77,18 @@ class CheckpointEvent:
     seconds: float
 
 
-Event = Union[RoundEvent, EpochEvent, FailureEvent, CheckpointEvent]
-TYPES: dict[str, type] = {cls.type: cls for cls in (RoundEvent, EpochEvent, FailureEvent, CheckpointEvent)}
+@dataclass(frozen=True)
+class PlacementEvent:
+    """Where an attempt's barrier workers run: each rank's transport address (``host:port``, rank order), as rank 0
+    learned them when the workers linked up."""
+
+    type: ClassVar[str] = "placement"
+    optional: ClassVar[tuple[str, ...]] = ()
+    addresses: list[str]
+
+
+Event = Union[RoundEvent, EpochEvent, FailureEvent, CheckpointEvent, PlacementEvent]
+TYPES: dict[str, type] = {cls.type: cls for cls in (RoundEvent, EpochEvent, FailureEvent, CheckpointEvent, PlacementEvent)}
 
 
 def to_json(event: Event) -> dict:
@@ -124,9 +134,12 @@ class TrainingListener:
     def on_checkpoint(self, event: CheckpointEvent) -> None:  # noqa: B027 - optional hook
         pass
 
+    def on_placement(self, event: PlacementEvent) -> None:  # noqa: B027 - optional hook
+        pass
+
 
 _HOOKS: dict[type, str] = {RoundEvent: "on_round", EpochEvent: "on_epoch", FailureEvent: "on_failure",
-                           CheckpointEvent: "on_checkpoint"}  # fmt: skip
+                           CheckpointEvent: "on_checkpoint", PlacementEvent: "on_placement"}  # fmt: skip
 
 
 def notify(listeners: Sequence[TrainingListener], event: Event) -> None:

@@ -19,7 +19,7 @@ def build_transport(
         from sparkdl.transport.grpc import GrpcTransport
 
         return GrpcTransport(rank, world, host=host, max_message_bytes=config.max_message_bytes,
-                             connect_timeout_s=config.connect_timeout_s)  # fmt: skip
+                             connect_timeout_s=config.connect_timeout_s, keepalive_s=config.keepalive_s)  # fmt: skip
     if config.name == "inproc":
         from sparkdl.transport.inproc import InProcessTransport
 

@@ -13,6 +13,10 @@
   every frame reached its peer's inbox, and turns a failed stream into a ``TransportError`` for the next call.
 - Limits: ``max_message_bytes`` both ways (a larger frame is refused at ``send`` with the limit named), a stream
   deadline of ``stream_deadline_s``.
+- Liveness: HTTP/2 keepalive pings both ways every ``keepalive_s`` of silence, answered within ``keepalive_s``: a
+  peer that is partitioned away or frozen breaks its links within ``2 x keepalive_s``; a broken outgoing link is a
+  ``TransportError`` at the next receive/send, a broken incoming stream aborts the inbox (naming the peer), so the
+  attempt fails in bounded time instead of waiting ``receive_timeout_s``.
 - ``close`` ends the request streams, waits for the readers, closes channels and stops the server: no thread or
   port outlives it.
 """
@@ -145,16 +149,24 @@ class GrpcTransport(Transport):
         max_message_bytes: int = 256 * 1024 * 1024,
         connect_timeout_s: float = 60.0,
         stream_deadline_s: float = 24 * 3600.0,
+        keepalive_s: float = 10.0,
     ) -> None:
         super().__init__(rank, world)
         self.host = host
         self.max_message_bytes = max_message_bytes
         self.connect_timeout_s = connect_timeout_s
         self.stream_deadline_s = stream_deadline_s
-        self._options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
+        self.keepalive_s = keepalive_s
+        keepalive_ms = max(1, int(keepalive_s * 1000))
+        limits = [("grpc.max_send_message_length", max_message_bytes),
+                  ("grpc.max_receive_message_length", max_message_bytes)]  # fmt: skip
+        # HTTP/2 pings every keepalive_s on an idle link, each to be answered within keepalive_s: a partitioned or
+        # frozen peer breaks the link (a TransportError) in at most twice that, not after receive_timeout_s
+        pings = [("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_timeout_ms", keepalive_ms),
+                 ("grpc.keepalive_permit_without_calls", 1)]  # fmt: skip
+        self._options = limits + pings + [("grpc.http2.max_pings_without_data", 0)]
+        self._server_options = limits + pings + [("grpc.http2.min_recv_ping_interval_without_data_ms", keepalive_ms // 2),
+                                                 ("grpc.http2.max_ping_strikes", 0)]  # fmt: skip
         self._inbox = Inbox()
         self._server: grpc.Server | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -173,17 +185,27 @@ class GrpcTransport(Transport):
         if self._secret is None or not hmac.compare_digest(str(given), self._secret):
             self._count_rejected()
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"rank {self.rank}: wrong or missing job secret")
-        for frame in frames:
-            try:
-                msg = UpdateMessage.from_bytes(frame)
-            except TransportError as e:
-                self._count_rejected()
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"rank {self.rank}: {e}")
-            with self._lock:
-                self.stats.messages_received += 1
-                self.stats.bytes_received += len(frame)
-            self._inbox.put(msg)
-            yield ACK
+        peer = "a peer"
+        try:
+            for frame in frames:
+                try:
+                    msg = UpdateMessage.from_bytes(frame)
+                except TransportError as e:
+                    self._count_rejected()
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"rank {self.rank}: {e}")
+                peer = f"rank {msg.sender}"
+                with self._lock:
+                    self.stats.messages_received += 1
+                    self.stats.bytes_received += len(frame)
+                self._inbox.put(msg)
+                yield ACK
+        except grpc.RpcError:
+            # the peer's stream broke without its clean end (unanswered pings, a reset): a partitioned, frozen or
+            # dead peer. Wake this rank's receiver now rather than after receive_timeout_s.
+            if not self._closed:
+                self._inbox.abort(f"rank {self.rank}: the link from {peer} ({context.peer()}) broke: that rank is "
+                                  "unreachable or gone")  # fmt: skip
+            raise
 
     def _count_rejected(self) -> None:
         with self._lock:
@@ -194,7 +216,7 @@ class GrpcTransport(Transport):
             raise TransportError("start() called twice")
         # one thread per incoming stream: at most every other rank links to us
         self._pool = ThreadPoolExecutor(max_workers=max(2, self.world + 1), thread_name_prefix=f"sparkdl-grpc-{self.rank}")
-        self._server = grpc.server(self._pool, handlers=[_Handler(self)], options=self._options)
+        self._server = grpc.server(self._pool, handlers=[_Handler(self)], options=self._server_options)
         try:
             port = self._server.add_insecure_port(f"{self.host}:0")
         except RuntimeError as e:
