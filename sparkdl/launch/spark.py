@@ -79,16 +79,27 @@ class _EventSink:
         self.secret = secrets.token_hex(16)
         self._transport.connect(["", self.address], self.secret)
         self._stop = threading.Event()
+        self._broken = False
         self._thread = threading.Thread(target=self._pump, name="sparkdl-event-sink", daemon=True)
         self._thread.start()
         self.errors: list[BaseException] = []
 
     def _pump(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._broken:
             self._drain(0.2)
 
     def _drain(self, timeout_s: float) -> int:
-        msgs = self._transport.receive(timeout_s)
+        from sparkdl.errors import TransportError
+
+        if self._broken:
+            return 0
+        try:
+            msgs = self._transport.receive(timeout_s)
+        except TransportError:
+            # rank 0's stream broke (its task killed when the stage failed, its host partitioned away): the stage's
+            # own failure says why; what arrived before is delivered, nothing more will come
+            self._broken = True
+            return 0
         from sparkdl.transport.base import Kind
 
         for msg in sorted(msgs, key=lambda m: m.step):

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+from where import AppRun, app_logs, registered_apps, submit_conf
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -31,9 +33,28 @@ def spark_bin(name: str) -> str:
 
 
 def submit(cluster, job: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """spark-submit a job of ``jobs/`` to the loopback ``cluster``; its application writes an event log into
+    ``cluster["events"]`` (``assert_ran_on_cluster`` reads it)."""
     cmd = [spark_bin("spark-submit"), "--master", cluster["url"], "--conf", "spark.driver.host=127.0.0.1",
-           "--conf", "spark.executor.memory=1g", "--conf", "spark.ui.enabled=false", str(REPO / "jobs" / f"{job}.py"), *args]  # fmt: skip
+           "--conf", "spark.executor.memory=1g", "--conf", "spark.ui.enabled=false", *submit_conf(cluster["events"]),
+           str(REPO / "jobs" / f"{job}.py"), *args]  # fmt: skip
     return subprocess.run(cmd, env={**cluster["env"], **(env or {})}, capture_output=True, text=True, timeout=600)
+
+
+def assert_ran_on_cluster(cluster, before: set, stages: tuple[str, ...]) -> list:
+    """Every application that wrote an event log into ``cluster["events"]`` since ``before`` (``app_logs``) is
+    registered with the standalone master, and the tasks of each ``sparkdl-<stage>`` job group ran on its executors
+    (separate processes started by the Worker), never in the driver. Returns their ``AppRun``s."""
+    runs = [AppRun.read(p) for p in app_logs(cluster["events"]) if p not in before]
+    assert runs, "no application wrote an event log: nothing ran on the cluster"
+    state = json.load(urllib.request.urlopen(f"{cluster['ui']}/json/", timeout=5))
+    for run in runs:
+        assert run.app_id in registered_apps(state), f"{run.app_id} is not registered with the master"
+        assert run.executors and "driver" not in run.executors, run.executors
+        assert run.tasks and all(t.executor in run.executors for t in run.tasks), run.app_id
+    groups = {t.group for run in runs for t in run.tasks}
+    assert all(f"sparkdl-{stage}" in groups for stage in stages), (stages, groups)
+    return runs
 
 
 def local_hdfs_module():
@@ -75,7 +96,9 @@ def standalone(logs: Path, worker_cores: list[int], memory: str = "3g"):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the standalone cluster did not come up; logs in {logs}")
             time.sleep(1)
-        yield {"url": url, "env": env, "workers": workers}
+        events = logs / "events"
+        events.mkdir(exist_ok=True)
+        yield {"url": url, "env": env, "workers": workers, "ui": f"http://127.0.0.1:{ui}", "events": events}
     finally:
         for p in reversed(procs):
             if p.poll() is None:

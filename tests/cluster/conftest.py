@@ -18,7 +18,7 @@ from cluster_services import local_hdfs_module, make_fit_features, standalone
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     with standalone(tmp_path_factory.mktemp("cluster-logs"), [2]) as running:
-        yield {"url": running["url"], "env": running["env"]}
+        yield {"url": running["url"], "env": running["env"], "ui": running["ui"], "events": running["events"]}
 
 
 @pytest.fixture(scope="session")

@@ -136,6 +136,18 @@ class HostCluster:
         assert hosts and set(hosts) <= workers and self.driver.ip not in hosts, hosts
         assert len(hosts) >= min_hosts, f"{group} tasks ran on {dict(hosts)}, wanted {min_hosts}+ hosts"
 
+    # -- faults --------------------------------------------------------------------------------------------------
+    def kill(self, host: netns.Host) -> list[int]:
+        """Lose ``host``: every process in its namespace killed (Worker, executor JVM, Python workers)."""
+        return self.hosts.kill(host)
+
+    def partition(self, host: netns.Host) -> None:
+        """Take ``host``'s link down: its processes live on, unreachable."""
+        self.hosts.partition(host)
+
+    def heal(self, host: netns.Host) -> None:
+        self.hosts.heal(host)
+
     def stop(self) -> None:
         self.hosts.close()  # kills every process in every namespace, then deletes them
 

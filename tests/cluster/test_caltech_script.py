@@ -10,16 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from cluster_services import assert_ran_on_cluster
 from datagen import make_caltech_tree
+from where import app_logs, submit_conf
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "caltech256_demo.sh"
 
 
-def _run(*args, cwd):
+def _run(*args, cwd, env=None):
     env = {**os.environ, "PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}  # fmt: skip
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -44,10 +46,18 @@ def test_the_script_runs_on_a_caltech_tar_keeping_the_data_on_hdfs(cluster, hdfs
     weights = tmp_path / "tiny.pth"
     torch.save(load_backbone("tiny").module.state_dict(), weights)
     work = tmp_path / "work"
+    # the script's spark-submits read this spark-defaults.conf: their applications write event logs
+    conf = tmp_path / "spark-conf"
+    conf.mkdir()
+    flags = submit_conf(cluster["events"])
+    (conf / "spark-defaults.conf").write_text("".join(f"{kv.replace('=', ' ', 1)}\n" for kv in flags[1::2]))
+    before = set(app_logs(cluster["events"]))
     res = _run("--data", str(tar), "--weights", str(weights), "--backbone", "tiny", "--master-url", cluster["url"],
-               "--fs", hdfs["home"], "--webhdfs", hdfs["webhdfs"], "--workdir", str(work), "--epochs", "1", cwd=tmp_path)  # fmt: skip
+               "--fs", hdfs["home"], "--webhdfs", hdfs["webhdfs"], "--workdir", str(work), "--epochs", "1", cwd=tmp_path,
+               env={"SPARK_CONF_DIR": str(conf)})  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "caltech256_demo: test accuracy" in res.stdout
+    assert_ran_on_cluster(cluster, before, ("ingest", "featurize", "train", "evaluate"))
     out = f"{hdfs['home']}/sparkdl/caltech256"
     assert f"unpacking {tar}" in res.stderr
     assert f"uploading {work / 'data' / '256_ObjectCategories'} to {out}/256_ObjectCategories" in res.stderr

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster_services import free_port, submit
+from cluster_services import assert_ran_on_cluster, free_port, submit
+from where import app_logs
 from datagen import make_caltech_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
@@ -56,6 +57,7 @@ def test_every_stage_reads_and_writes_hdfs(cluster, hdfs, tmp_path):
     assert sorted(e["name"] for e in listing["entries"]) == ["001.ak47", "002.american-flag", "003.backpack"]
 
     # the jobs, on the standalone cluster, through Spark's Hadoop client
+    before = set(app_logs(cluster["events"]))
     ing = submit(cluster, "ingest", "--images", f"{base}/256_ObjectCategories", "--output", f"{base}/images.parquet", "--json", "--quiet")
     assert ing.returncode == 0, ing.stdout[-3000:] + ing.stderr[-3000:]
     assert json.loads(ing.stdout)["rows_out"] == 24
@@ -94,6 +96,9 @@ def test_every_stage_reads_and_writes_hdfs(cluster, hdfs, tmp_path):
                 "--output", f"{base}/predictions.parquet", "--json", "--quiet")  # fmt: skip
     assert pr.returncode == 0, pr.stdout[-3000:] + pr.stderr[-3000:]
     assert json.loads(pr.stdout)["rows_out"] == 24
+    # and every job ran on the cluster: registered with the master, its tasks in the Worker's executors
+    runs = assert_ran_on_cluster(cluster, before, ("ingest", "featurize", "train", "evaluate", "predict"))
+    assert len(runs) == 5
 
 
 def test_bad_inputs_on_hdfs_stop_before_any_work(spark, hdfs, ingested, tmp_path):

@@ -77,7 +77,9 @@ def _train_with_fault(hosts, features: str, out, fault) -> tuple[int, str, float
             proc.kill()
             proc.wait()
     reader.join(timeout=10)
-    return proc.returncode, "".join(lines), faulted[0] if faulted else None, hosts.app_of(before)
+    (out.parent / "train.log").write_text("".join(lines))  # for a failed test: the driver's whole output
+    ours = "".join(ln for ln in lines if ln.startswith(("sparkdl", "train:", "{")) or " train: " in ln)
+    return proc.returncode, ours, faulted[0] if faulted else None, hosts.app_of(before)
 
 
 def _check(out, code: int, log: str, clean: float, app: AppRun | None, hosts, lost_ip: str) -> dict:
