@@ -104,7 +104,7 @@ def _join(config: SessionConfig):
         for key, value in _defaults(config).items():
             if not conf.contains(key):
                 conf.set(key, value)
-        spark = SparkSession.builder.config(conf=conf).getOrCreate()
+        spark = _start(SparkSession.builder.config(conf=conf))
     else:
         spark = SparkSession.getActiveSession() or SparkSession(sc)
         for key, value in _defaults(config).items():
@@ -159,9 +159,20 @@ def _launch(config: SessionConfig):
             conf.set(key, value)
     for key, value in config.extra_conf:
         conf.set(key, value)
-    spark = SparkSession.builder.config(conf=conf).getOrCreate()
+    spark = _start(SparkSession.builder.config(conf=conf))
     spark.sparkContext.setLogLevel((config.log_level or "WARN").upper())
     return spark
+
+
+def _start(builder):
+    """``builder.getOrCreate()``; a SparkContext that refuses to start (a bad conf value, a master it cannot reach)
+    is one line with the JVM's own reason, not a py4j trace."""
+    try:
+        return builder.getOrCreate()
+    except Exception as e:  # py4j's Py4JJavaError carries the JVM exception
+        java = getattr(e, "java_exception", None)
+        reason = java.toString() if java is not None else f"{type(e).__name__}: {e}"
+        raise ConfigError(f"Spark did not start: {reason.splitlines()[0] if reason else type(e).__name__}") from None
 
 
 def user_spark_settings(environ: dict[str, str] | None = None) -> dict[str, str]:

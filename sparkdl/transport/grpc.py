@@ -163,7 +163,11 @@ class GrpcTransport(Transport):
         # HTTP/2 pings every keepalive_s on an idle link, each to be answered within keepalive_s: a partitioned or
         # frozen peer breaks the link (a TransportError) in at most twice that, not after receive_timeout_s
         pings = [("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_timeout_ms", keepalive_ms),
-                 ("grpc.keepalive_permit_without_calls", 1)]  # fmt: skip
+                 ("grpc.keepalive_permit_without_calls", 1),
+                 # else gRPC sends no ping more often than every 5 minutes on a link without data going out
+                 ("grpc.http2.min_time_between_pings_ms", keepalive_ms),
+                 # and a ping's answer is awaited 1 minute unless told (newer gRPC cores read this, not only the above)
+                 ("grpc.http2.ping_timeout_ms", keepalive_ms)]  # fmt: skip
         self._options = limits + pings + [("grpc.http2.max_pings_without_data", 0)]
         self._server_options = limits + pings + [("grpc.http2.min_recv_ping_interval_without_data_ms", keepalive_ms // 2),
                                                  ("grpc.http2.max_ping_strikes", 0)]  # fmt: skip

@@ -140,7 +140,7 @@ def watched(cmd: list[str], on_line: Callable[[str], None], env: dict | None = N
     return proc.returncode, lines
 
 
-# the fault-tolerance tests (test_faults, test_elastic): one table, one set of training options, so a killed run is
+# the fault-tolerance tests (test_faults, test_multihost_faults): one table, one set of training options, so a killed run is
 # compared with a clean run of the same math
 FIT_DIM, FIT_CLASSES = 32, 5
 FIT_ARGS = ["--epochs", "8", "--batch-size-per-worker", "16", "--head", "mlp:64", "--lr", "0.02", "--seed", "5"]

@@ -112,7 +112,8 @@ def _train(features: str, out: str, master: str, spark_master: str, kills: dict[
         return json.load(f)
 
 
-@pytest.mark.parametrize("master", ["averaging", "sharing"])
+# sharing only: averaging survives a lost host and a partition on the multi-host cluster (test_multihost_faults)
+@pytest.mark.parametrize("master", ["sharing"])
 def test_a_fit_survives_a_killed_python_worker_and_a_killed_executor(spark, features, tmp_path, master):
     from sparkdl.config import TrainConfig
     from sparkdl.cli.options import train_config
