@@ -6,11 +6,13 @@ host and the fix, not with a pickled ``ModuleNotFoundError`` deep inside a task.
 The probe is one tiny task per registered executor (free slots are dealt round-robin over executors, so each gets
 one at a stage's start); it imports sparkdl and looks torch up without importing it (seconds a task). It is pickled *by value* (compiled from source below, in a module of its own that no
 executor imports), so it runs even where sparkdl is missing and reports that. Its result is cached per application id:
-one job per application, whatever the number of stages. Executors that join later (dynamic allocation, a replaced
+one job per application, whatever the number of stages; none for a local master whose Python workers run this very
+interpreter (nothing could differ). Executors that join later (dynamic allocation, a replaced
 executor) are not probed again. Spark Connect sessions are not probed (no SparkContext on the client)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import threading
@@ -89,6 +91,14 @@ def _executor_count(sc) -> int:
         return max(1, sc.defaultParallelism)
 
 
+def _same_interpreter(sc) -> bool:
+    """A local master whose Python workers run this very interpreter: nothing to check (same files, same sparkdl)."""
+    from sparkdl.session import is_local_master
+
+    # abspath, not realpath: a virtualenv's python is a link to the base interpreter, with other packages
+    return is_local_master(sc.master) and os.path.abspath(getattr(sc, "pythonExec", "") or "") == os.path.abspath(sys.executable)
+
+
 def check_executors(spark, *, force: bool = False) -> PreflightResult | None:
     """Probe the executors of ``spark``'s application once (cached by application id) and raise ``ConfigError`` with
     one line if any cannot run this sparkdl. Returns the result, or None for Spark Connect."""
@@ -103,6 +113,9 @@ def check_executors(spark, *, force: bool = False) -> PreflightResult | None:
     app_id = sc.applicationId
     with _lock:
         if not force and app_id in _checked:
+            return _checked[app_id]
+        if not force and _same_interpreter(sc):
+            _checked[app_id] = PreflightResult(app_id, (), 0.0)
             return _checked[app_id]
         started = time.monotonic()
         tasks = _executor_count(sc)

@@ -16,6 +16,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from typing import Callable
 
 from sparkdl.config import TransportConfig
@@ -262,13 +263,14 @@ def _python_cause(error: Exception) -> str:
 _ADDRESS = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})\b")
 
 
-def drop_unreachable_hosts(sc, cause: str, timeout_s: float = 3.0) -> list[str]:
+def drop_unreachable_hosts(sc, cause: str, timeout_s: float = 3.0, removal_wait_s: float = 30.0) -> list[str]:
     """After a failed attempt whose ``cause`` names peers by address (a broken link, an unanswered ping): the hosts
     among them that the driver cannot reach either — no executor port there answers a TCP connect within
     ``timeout_s`` — are partitioned away or dead; their executors are removed from the application now
     (``killExecutorsOnHost``), so the re-launch does not wait for Spark's heartbeat timeout
     (``spark.network.timeout``, 120 s by default) with a barrier stage that cannot get its slots. Returns the hosts
-    dropped; a host the driver still reaches is left alone (a dead task on a live host is Spark's to retry)."""
+    dropped (once the driver no longer lists their executors, at most ``removal_wait_s`` later); a host the driver
+    still reaches is left alone (a dead task on a live host is Spark's to retry)."""
     import socket
 
     named = {host for host, _port in _ADDRESS.findall(cause or "")}
@@ -301,4 +303,15 @@ def drop_unreachable_hosts(sc, cause: str, timeout_s: float = 3.0) -> list[str]:
             except Exception:  # noqa: BLE001 - a backend that cannot kill: Spark's heartbeat timeout will
                 continue
             dropped.append(host)
+    # the kill is asynchronous: until the driver has removed them, Spark still counts their slots, and a barrier
+    # stage submitted for that many would wait for slots that never come back
+    deadline = time.monotonic() + removal_wait_s
+    while dropped and time.monotonic() < deadline:
+        try:
+            hosts_now = {info.host() for info in jsc.statusTracker().getExecutorInfos()}
+        except Exception:  # noqa: BLE001
+            break
+        if not hosts_now & set(dropped):
+            break
+        time.sleep(0.5)
     return dropped

@@ -1,6 +1,6 @@
 """Real services for the cluster tests, each started on 127.0.0.1 and stopped at the end of the run:
 
-* ``cluster``: a Spark standalone master + worker from the pip package's ``spark-class``;
+* the multi-host standalone cluster is made per test module (``spark_hosts.multihost_cluster``);
 * ``hdfs``: a NameNode + DataNode from ``scripts/local_hdfs.py`` (Hadoop 2.7.3 jars from the pyspark 2.4.8 sdist,
   Jersey 1 from Debian). If those parts cannot be had here the HDFS tests are skipped with the reason, unless
   ``SPARKDL_REQUIRE_HDFS=1`` (set by ``.ci/run``), which turns that into a failure.
@@ -12,13 +12,7 @@ import sys
 
 import pytest
 
-from cluster_services import local_hdfs_module, make_fit_features, standalone
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    with standalone(tmp_path_factory.mktemp("cluster-logs"), [2]) as running:
-        yield {"url": running["url"], "env": running["env"], "ui": running["ui"], "events": running["events"]}
+from cluster_services import local_hdfs_module, make_fit_features
 
 
 @pytest.fixture(scope="session")

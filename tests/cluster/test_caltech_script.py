@@ -1,5 +1,6 @@
 """scripts/caltech256_demo.sh end to end on a generated Caltech-shaped tree packed as the original tar (tiny
-backbone): every line of the script runs, through the real spark-submit on a standalone cluster, the data on HDFS.
+backbone): every line of the script runs, through the real spark-submit (on ``local[2]``: the jobs on a cluster are
+``test_multihost.py``'s and ``test_hdfs.py``'s), the data on HDFS.
 (One run covers the tar and --fs: the pipeline is the same four spark-submits either way.)"""
 import json
 import os
@@ -10,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_services import assert_ran_on_cluster
 from datagen import make_caltech_tree
-from where import app_logs, submit_conf
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -32,9 +31,9 @@ def test_the_script_explains_what_is_missing(tmp_path):
     assert res.returncode == 1 and "not found" in res.stderr
 
 
-def test_the_script_runs_on_a_caltech_tar_keeping_the_data_on_hdfs(cluster, hdfs, tmp_path):
-    """The original tar is unpacked; --fs: the tree and weights go up over WebHDFS, the stages run on the standalone
-    cluster on hdfs://; the Deeplearning4j demo's training settings."""
+def test_the_script_runs_on_a_caltech_tar_keeping_the_data_on_hdfs(hdfs, tmp_path):
+    """The original tar is unpacked; --fs: the tree and weights go up over WebHDFS, the stages run on the
+    master it is given (spark-submit --master local[2]) on hdfs://; the Deeplearning4j demo's training settings."""
     import torch
 
     from sparkdl.featurize.backbones import load_backbone
@@ -46,18 +45,10 @@ def test_the_script_runs_on_a_caltech_tar_keeping_the_data_on_hdfs(cluster, hdfs
     weights = tmp_path / "tiny.pth"
     torch.save(load_backbone("tiny").module.state_dict(), weights)
     work = tmp_path / "work"
-    # the script's spark-submits read this spark-defaults.conf: their applications write event logs
-    conf = tmp_path / "spark-conf"
-    conf.mkdir()
-    flags = submit_conf(cluster["events"])
-    (conf / "spark-defaults.conf").write_text("".join(f"{kv.replace('=', ' ', 1)}\n" for kv in flags[1::2]))
-    before = set(app_logs(cluster["events"]))
-    res = _run("--data", str(tar), "--weights", str(weights), "--backbone", "tiny", "--master-url", cluster["url"],
-               "--fs", hdfs["home"], "--webhdfs", hdfs["webhdfs"], "--workdir", str(work), "--epochs", "1", cwd=tmp_path,
-               env={"SPARK_CONF_DIR": str(conf)})  # fmt: skip
+    res = _run("--data", str(tar), "--weights", str(weights), "--backbone", "tiny", "--master-url", "local[2]",
+               "--fs", hdfs["home"], "--webhdfs", hdfs["webhdfs"], "--workdir", str(work), "--epochs", "1", cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "caltech256_demo: test accuracy" in res.stdout
-    assert_ran_on_cluster(cluster, before, ("ingest", "featurize", "train", "evaluate"))
     out = f"{hdfs['home']}/sparkdl/caltech256"
     assert f"unpacking {tar}" in res.stderr
     assert f"uploading {work / 'data' / '256_ObjectCategories'} to {out}/256_ObjectCategories" in res.stderr

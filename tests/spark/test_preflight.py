@@ -74,7 +74,7 @@ def test_executors_with_another_sparkdl_version_are_refused(tmp_path, caltech):
 
 def test_executors_on_another_python_minor_version_are_refused(tmp_path, caltech):
     minor = 12 if sys.version_info[:2] != (3, 12) else 11
-    found = Path(f"/root/.pyenv/versions").glob(f"3.{minor}.*/bin/python3")
+    found = Path("/root/.pyenv/versions").glob(f"3.{minor}.*/bin/python3")
     python = next(iter(sorted(found)), None)
     if python is None:
         pytest.skip(f"no Python 3.{minor} on this machine to run executors on")

@@ -53,3 +53,14 @@ def test_a_probe_that_never_started_is_explained_from_sparks_message():
     assert line.startswith("the executor at 10.1.0.3 (executor 1) runs Python 3.12, the driver Python 3.11"), line
     other = explain_failure("java.io.IOException: Cannot run program \"/nope/python\"\n\tat ...", "0.1.0")
     assert other.startswith("an executor could not run sparkdl's preflight task (java.io.IOException: Cannot run program")
+
+
+def test_no_probe_where_local_workers_run_this_very_interpreter():
+    import sys
+    from types import SimpleNamespace
+
+    from sparkdl.preflight import _same_interpreter
+
+    assert _same_interpreter(SimpleNamespace(master="local[2]", pythonExec=sys.executable))
+    assert not _same_interpreter(SimpleNamespace(master="local[2]", pythonExec="python3"))  # PATH's python: probe it
+    assert not _same_interpreter(SimpleNamespace(master="spark://m:7077", pythonExec=sys.executable))  # other hosts
