@@ -119,25 +119,8 @@ def test_train_evaluate_report(spark, tmp_path):
     assert again.returncode == 1 and "already exists" in one_line_error(again.stderr)
     bad = run("train", "--features", feats, "--output", str(tmp_path / "m2"), "--head", "mlp:x", "--quiet")
     assert bad.returncode == 1 and "hidden sizes must be integers" in one_line_error(bad.stderr)
-
-
-def test_train_with_the_sharing_master(spark, tmp_path):
-    from datagen import make_features_table
-
-    feats = make_features_table(spark, str(tmp_path / "features.parquet"), n=0, dim=6, n_classes=3, seed=4,
-                                split_counts={"train": 64, "valid": 16, "test": 16})["uri"]  # fmt: skip
-    model = tmp_path / "model"
-    tr = run("train", "--features", feats, "--output", str(model), "--training-master", "sharing", "--workers", "2",
-             "--epochs", "2", "--batch-size-per-worker", "8", "--threshold", "target-sparsity:0.1",
-             "--residual-clip", "5:5", "--staleness", "0", "--tree-fanout", "2", "--json")  # fmt: skip
-    assert tr.returncode == 0, tr.stderr
-    metrics = json.loads((model / "metrics.json").read_text())
-    assert metrics["ranks_identical"] is True and metrics["compression_ratio"] > 1
-    assert {"bytes_sent", "bytes_received", "encode_seconds", "tau_per_epoch"} <= set(metrics["workers"][0])
-    training = json.loads((model / "config.json").read_text())["training"]
-    assert training["master"] == "sharing" and training["algorithm"]["threshold"] == {"kind": "target-sparsity", "value": 0.1}
-    rep = run("report", "--model", str(model), "--json")
-    assert rep.returncode == 0, rep.stderr
-    assert "sharing.png" in json.loads(rep.stdout)["files"]
     aeron = run("train", "--features", feats, "--output", str(tmp_path / "m3"), "--transport", "aeron", "--quiet")
     assert aeron.returncode == 1 and "aeron transport is not available" in one_line_error(aeron.stderr)
+
+
+# the sharing master from the command line (its flags, metrics and report): tests/cluster/test_multihost.py

@@ -7,7 +7,10 @@ hosts."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -59,14 +62,24 @@ def test_the_jobs_run_on_the_worker_hosts(hosts, ingested):
 
     # sharing here; averaging (the default) is the user pipeline's HeadClassifier below, also W = 4 across hosts
     done, app = hosts.submit(hosts.job("train"), "--features", f"file://{out}/features.parquet", "--output",
-                             str(out / "model"), "--training-master", "sharing", "--workers", "4",
-                             "--epochs", "2", "--batch-size-per-worker", "4", "--json", "--quiet")  # fmt: skip
+                             str(out / "model"), "--training-master", "sharing", "--workers", "4", "--epochs", "2",
+                             "--batch-size-per-worker", "4", "--threshold", "target-sparsity:0.1", "--residual-clip",
+                             "5:5", "--staleness", "0", "--tree-fanout", "2", "--json", "--quiet")  # fmt: skip
     assert _summary(done)["epochs_run"] == 2
     hosts.assert_ran_on_workers(app, "sparkdl-train", min_hosts=2)
-    [placement] = json.loads((out / "model" / "metrics.json").read_text())["placements"]
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    [placement] = metrics["placements"]
     peers = [a.rsplit(":", 1)[0] for a in placement["addresses"]]
     # four gRPC peers, on both worker hosts, none on the driver's
     assert len(peers) == 4 and set(peers) == {w.ip for w in hosts.workers}, placement
+    # the sharing master's flags, stats and report (synchronous: the four ranks end bit-identical across hosts)
+    assert metrics["ranks_identical"] is True and metrics["compression_ratio"] > 1
+    assert {"bytes_sent", "bytes_received", "encode_seconds", "tau_per_epoch"} <= set(metrics["workers"][0])
+    training = json.loads((out / "model" / "config.json").read_text())["training"]
+    assert training["master"] == "sharing" and training["algorithm"]["threshold"] == {"kind": "target-sparsity", "value": 0.1}
+    report = subprocess.run([str(Path(sys.executable).parent / "sparkdl"), "report", "--model", str(out / "model"), "--json"],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert report.returncode == 0 and "sharing.png" in json.loads(report.stdout)["files"], report.stderr
 
     done, app = hosts.submit(hosts.job("predict"), "--model", str(out / "model"), "--table",
                              f"file://{out}/images.parquet", "--output", f"file://{out}/predictions.parquet", "--json", "--quiet")  # fmt: skip

@@ -31,7 +31,10 @@ def test_ranks_talk_over_grpc_and_events_arrive(spark):
     events = []
     out = SparkBarrierLauncher().run(_sum_and_report, rdd, on_event=events.append)
     assert out == [(0, 45.0, "grpc"), (1, 45.0, "grpc")]
-    assert events == [{"type": "tick", "rank": 0, "i": i} for i in range(3)]  # rank 0 reports, in order
+    assert [e for e in events if e["type"] == "tick"] == [{"type": "tick", "rank": 0, "i": i} for i in range(3)]  # rank 0's, in order
+    # and the launcher's own report of where the ranks run (from the address exchange, concurrent with fn)
+    [placement] = [e for e in events if e["type"] == "placement"]
+    assert len(placement["addresses"]) == 2 and all(a.startswith("127.0.0.1:") for a in placement["addresses"])
 
 
 def test_a_failing_task_fails_the_launch_with_its_error(spark):
