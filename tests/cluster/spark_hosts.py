@@ -28,7 +28,7 @@ MASTER_PORT, MASTER_UI = 7077, 8080
 # How fast a driver gives up on an executor whose heartbeats stopped (a partitioned host): spark.network.timeout
 # (Spark's default 120 s; lowered for the tests, documented in README "Tested on a multi-host cluster"). The
 # master's spark.worker.timeout stays at its default (60 s): 10 s dropped live Workers on this loaded 2-core machine.
-NETWORK_TIMEOUT_S = 30
+NETWORK_TIMEOUT_S = 60
 
 
 def require_netns() -> None:
