@@ -31,6 +31,7 @@ from typing import Sequence
 
 import grpc
 
+from sparkdl.config import TransportConfig
 from sparkdl.errors import TransportError
 from sparkdl.transport.base import Inbox, Transport, UpdateMessage
 
@@ -146,17 +147,16 @@ class GrpcTransport(Transport):
         rank: int,
         world: int,
         host: str = "127.0.0.1",
-        max_message_bytes: int = 256 * 1024 * 1024,
-        connect_timeout_s: float = 60.0,
+        max_message_bytes: int = TransportConfig.max_message_bytes,
+        connect_timeout_s: float = TransportConfig.connect_timeout_s,
         stream_deadline_s: float = 24 * 3600.0,
-        keepalive_s: float = 10.0,
+        keepalive_s: float = TransportConfig.keepalive_s,
     ) -> None:
         super().__init__(rank, world)
         self.host = host
         self.max_message_bytes = max_message_bytes
         self.connect_timeout_s = connect_timeout_s
         self.stream_deadline_s = stream_deadline_s
-        self.keepalive_s = keepalive_s
         keepalive_ms = max(1, int(keepalive_s * 1000))
         limits = [("grpc.max_send_message_length", max_message_bytes),
                   ("grpc.max_receive_message_length", max_message_bytes)]  # fmt: skip
@@ -169,7 +169,10 @@ class GrpcTransport(Transport):
                  # and a ping's answer is awaited 1 minute unless told (newer gRPC cores read this, not only the above)
                  ("grpc.http2.ping_timeout_ms", keepalive_ms)]  # fmt: skip
         self._options = limits + pings + [("grpc.http2.max_pings_without_data", 0)]
-        self._server_options = limits + pings + [("grpc.http2.min_recv_ping_interval_without_data_ms", keepalive_ms // 2),
+        # the server's own pings: not throttled to one per 5 minutes without data (else a peer frozen after an
+        # answered ping goes unnoticed there); the clients' pings welcome as often as they come
+        self._server_options = limits + pings + [("grpc.http2.min_ping_interval_without_data_ms", keepalive_ms),
+                                                 ("grpc.http2.min_recv_ping_interval_without_data_ms", keepalive_ms // 2),
                                                  ("grpc.http2.max_ping_strikes", 0)]  # fmt: skip
         self._inbox = Inbox()
         self._server: grpc.Server | None = None
