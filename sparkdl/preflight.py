@@ -4,11 +4,11 @@ SparkSession whose executors lack sparkdl (or run another sparkdl / Python) fail
 host and the fix, not with a pickled ``ModuleNotFoundError`` deep inside a task.
 
 The probe is one tiny task per registered executor (free slots are dealt round-robin over executors, so each gets
-one at a stage's start); it imports sparkdl and looks torch up without importing it (seconds a task). It is pickled *by value* (compiled from source below, in a module of its own that no
-executor imports), so it runs even where sparkdl is missing and reports that. Its result is cached per application id:
-one job per application, whatever the number of stages; none for a local master whose Python workers run this very
-interpreter (nothing could differ). Executors that join later (dynamic allocation, a replaced
-executor) are not probed again. Spark Connect sessions are not probed (no SparkContext on the client)."""
+one at a stage's start); it imports sparkdl and looks torch up without importing it (an import costs seconds a
+task). It is pickled *by value* (compiled from source below, in a module of its own that no executor imports), so it
+runs even where sparkdl is missing and reports that. Its result is cached per application id: one job per
+application, whatever the number of stages; none for a local master whose Python workers run this very interpreter
+(nothing could differ). Executors that join later (dynamic allocation, a replaced executor) are not probed again. Spark Connect sessions are not probed (no SparkContext on the client)."""
 from __future__ import annotations
 
 import json
@@ -105,7 +105,7 @@ def check_executors(spark, *, force: bool = False) -> PreflightResult | None:
     import time
 
     from sparkdl import __version__
-    from sparkdl.session import is_connect
+    from sparkdl.session import described_jobs, is_connect
 
     if is_connect(spark):
         return None
@@ -120,16 +120,11 @@ def check_executors(spark, *, force: bool = False) -> PreflightResult | None:
         started = time.monotonic()
         tasks = _executor_count(sc)
         driver_host = sc.getConf().get("spark.driver.host", "127.0.0.1")
-        before = {k: sc.getLocalProperty(k) for k in ("spark.jobGroup.id", "spark.job.description")}
-        sc.setLocalProperty("spark.jobGroup.id", "sparkdl-preflight")
-        sc.setLocalProperty("spark.job.description", "sparkdl preflight: can the executors run sparkdl?")
         try:
-            raw = sc.parallelize(range(tasks), tasks).mapPartitions(_probe_function(driver_host)).collect()
+            with described_jobs(sc, "preflight", "can the executors run sparkdl?"):
+                raw = sc.parallelize(range(tasks), tasks).mapPartitions(_probe_function(driver_host)).collect()
         except Exception as e:  # the task could not even start: most often another Python in the workers
             raise ConfigError(explain_failure(str(e), __version__)) from None
-        finally:
-            for key, value in before.items():
-                sc.setLocalProperty(key, value)
         reports = tuple(ExecutorReport(**json.loads(r)) for r in raw)
         problem = find_problem(reports, __version__, "%d.%d" % sys.version_info[:2])
         if problem:

@@ -98,9 +98,9 @@ def _join(config: SessionConfig):
             f"--spark-master {config.master} cannot apply: this process already runs Spark with master {running} "
             f"({how}); drop --spark-master (or pass the master to spark-submit)"
         )
-    for key, value in config.extra_conf:
-        conf.set(key, value)
     if sc is None:
+        for key, value in config.extra_conf:
+            conf.set(key, value)
         for key, value in _defaults(config).items():
             if not conf.contains(key):
                 conf.set(key, value)
@@ -245,6 +245,14 @@ def job_description(spark, stage: str, text: str) -> Iterator[None]:
         yield
         return
     check_executors(spark)
+    with described_jobs(sc, stage, text):
+        yield
+
+
+@contextmanager
+def described_jobs(sc, stage: str, text: str) -> Iterator[None]:
+    """``job_description`` without the preflight (the preflight's own job uses it): the job group and description
+    of this thread's jobs inside the block, the previous ones restored afterwards."""
     keys = ("spark.jobGroup.id", "spark.job.description")
     before = {k: sc.getLocalProperty(k) for k in keys}
     sc.setLocalProperty("spark.jobGroup.id", JOB_GROUP_PREFIX + stage)

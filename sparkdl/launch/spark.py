@@ -35,7 +35,7 @@ class _Reporter:
             from sparkdl.transport.grpc import GrpcTransport
 
             self._transport = GrpcTransport(0, 2, max_message_bytes=config.max_message_bytes,
-                                            connect_timeout_s=config.connect_timeout_s)  # fmt: skip
+                                            connect_timeout_s=config.connect_timeout_s, keepalive_s=config.keepalive_s)  # fmt: skip
             self._transport.connect(["", sink[0]], sink[1])
 
     def __call__(self, event: dict) -> None:
@@ -75,7 +75,8 @@ class _EventSink:
 
         self._on_event = on_event or (lambda event: None)
         self._on_artifact = on_artifact or (lambda data: None)
-        self._transport = GrpcTransport(1, 2, host=host, max_message_bytes=config.max_message_bytes)
+        self._transport = GrpcTransport(1, 2, host=host, max_message_bytes=config.max_message_bytes,
+                                        keepalive_s=config.keepalive_s)
         self.address = self._transport.start()
         self.secret = secrets.token_hex(16)
         self._transport.connect(["", self.address], self.secret)

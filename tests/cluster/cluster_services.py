@@ -51,17 +51,19 @@ def local_hdfs_module():
 
 
 def watched(cmd: list[str], on_line: Callable[[str], None], env: dict | None = None, timeout: float = 420,
-            log=None, started: Callable[[int], None] | None = None) -> tuple[int, list[str]]:  # fmt: skip
+            log=None, started: Callable[[int], None] | None = None, merged: bool = False) -> tuple[int, list[str]]:  # fmt: skip
     """Run ``cmd``, handing each line of its stderr to ``on_line`` as it comes (e.g. to kill something at the
     right moment; ``started`` gets the process id first); returns (exit code, stderr lines). Killed when it
-    outlives ``timeout``."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    outlives ``timeout``. ``merged``: stdout and stderr as one stream (spark-submit hands the Python driver's stderr
+    to its own stdout)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+                            text=True, env=env)  # fmt: skip
     if started is not None:
         started(proc.pid)
     lines: list[str] = []
 
     def pump() -> None:
-        for line in proc.stderr:
+        for line in proc.stdout if merged else proc.stderr:
             lines.append(line)
             if log is not None:
                 log.write(line)

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import threading
 import time
 
 import pytest
 
-from cluster_services import FIT_ARGS, FIT_CLASSES, FIT_DIM
+from cluster_services import FIT_ARGS, FIT_CLASSES, FIT_DIM, watched
 from spark_hosts import multihost_cluster
 from where import AppRun, app_logs
 
@@ -61,33 +59,20 @@ def _train_with_faults(hosts, features: str, out, faults: dict[int, object]) -> 
     (wall clock), the app's record)."""
     before = set(app_logs(hosts.events))
     cmd = hosts.submit_command(hosts.job("train"), "--features", features, "--output", str(out), *ARGS)
-    # spark-submit hands the Python driver's stderr (the progress lines) to its own stdout
-    proc = subprocess.Popen(cmd, env=hosts.env(hosts.driver), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
     done: dict[int, float] = {}
     order = sorted(faults)
 
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            found = re.search(r"train: checkpoint after epoch (\d+)\b", line)
-            pending = [n for n in order if n not in done]
-            if found and pending and int(found[1]) == pending[0]:
-                done[pending[0]] = time.time()
-                faults[pending[0]]()
+    def on_line(line: str) -> None:
+        found = re.search(r"train: checkpoint after epoch (\d+)\b", line)
+        pending = [n for n in order if n not in done]
+        if found and pending and int(found[1]) == pending[0]:
+            done[pending[0]] = time.time()
+            faults[pending[0]]()
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        proc.wait(timeout=540)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(timeout=10)
+    code, lines = watched(cmd, on_line, env=hosts.env(hosts.driver), timeout=540, merged=True)
     (out.parent / "train.log").write_text("".join(lines))  # for a failed test: the driver's whole output
     ours = "".join(ln for ln in lines if ln.startswith(("sparkdl", "train:", "{")) or " train: " in ln)
-    return proc.returncode, ours, done, hosts.app_of(before)
+    return code, ours, done, hosts.app_of(before)
 
 
 def _ips(placement: dict) -> set[str]:
