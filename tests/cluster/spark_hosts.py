@@ -118,7 +118,9 @@ class HostCluster:
         return done, self.app_of(before)
 
     def app_of(self, before: set[Path]) -> AppRun | None:
-        new = [p for p in app_logs(self.events) if p not in before]
+        """The application started since ``before`` (``app_logs`` then): call it after its driver exited."""
+        seen = {p.name.removesuffix(".inprogress") for p in before}
+        new = [p for p in app_logs(self.events) if p.name.removesuffix(".inprogress") not in seen]
         return AppRun.read(new[-1]) if new else None
 
     def job(self, stage: str) -> str:

@@ -53,7 +53,10 @@ class AppRun:
         stage_job: dict[int, tuple[str | None, str | None]] = {}
         started: dict[int, tuple[str | None, int]] = {}
         for line in Path(path).read_text().splitlines():
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a log its application could not finish
+                break
             kind = event.get("Event")
             if kind == "SparkListenerApplicationStart":
                 run.app_id, run.name = event.get("App ID", ""), event.get("App Name", "")
@@ -85,8 +88,15 @@ class AppRun:
 
 
 def app_logs(event_dir: Path) -> list[Path]:
-    """The finished applications' event logs in ``event_dir`` (oldest first; in-progress ones left out)."""
-    return sorted((p for p in Path(event_dir).iterdir() if not p.name.endswith(".inprogress")), key=lambda p: p.stat().st_mtime)
+    """The applications' event logs in ``event_dir``, oldest first, by application id: the finished log where there is
+    one, else the ``.inprogress`` one (an application whose driver exited without finishing it, e.g. while stopping
+    with a host partitioned away, keeps that name)."""
+    logs: dict[str, Path] = {}
+    for p in Path(event_dir).iterdir():
+        app = p.name.removesuffix(".inprogress")
+        if app not in logs or not p.name.endswith(".inprogress"):
+            logs[app] = p
+    return sorted(logs.values(), key=lambda p: p.stat().st_mtime)
 
 
 def registered_apps(master_json: dict) -> set[str]:
